@@ -1,0 +1,2 @@
+// @iommufd/testkit: real processes for cross-process tests.
+export * from "./processes.js";
