@@ -45,6 +45,9 @@ export class SparseMemory implements PhysicalMemory {
   private readonly pages = new Map<bigint, Uint8Array>();
   /** Number-keyed views of the same pages for read64Split (walker hot path). */
   private readonly views = new Map<number, DataView>();
+  /** A 16-entry direct-mapped cache in front of `views` (walks revisit the same table pages). */
+  private readonly vcPfn = new Float64Array(16).fill(-1);
+  private readonly vcView: (DataView | undefined)[] = new Array<DataView | undefined>(16);
   private readonly aborting: { start: bigint; last: bigint }[] = [];
   private readonly limit: bigint;
   private readonly limitNum: number;
@@ -79,6 +82,7 @@ export class SparseMemory implements PhysicalMemory {
       if (pageStart >= start && pageStart + BigInt(PAGE_SIZE) <= start + length) {
         if (this.pages.delete(pfn)) {
           this.views.delete(Number(pfn));
+          this.vcPfn.fill(-1);
           this.stats.pagesAllocated--;
         }
       } else {
@@ -162,7 +166,9 @@ export class SparseMemory implements PhysicalMemory {
   }
 
   read64Split(addr: number, out: Uint32Array): { ok: false; abort: "external" | "address-size"; addr: bigint } | undefined {
-    if (addr % 8 !== 0 || addr < 0 || addr + 8 > this.limitNum || this.aborting.length !== 0) {
+    // Integer ops only: `%` on doubles above 2^31 is a slow fmod.
+    const low = addr >>> 0;
+    if ((low & 7) !== 0 || addr < 0 || addr + 8 > this.limitNum || this.aborting.length !== 0) {
       const r = this.read64(BigInt(addr));
       if (!r.ok) return r;
       out[0] = Number(r.value & 0xffffffffn);
@@ -170,12 +176,22 @@ export class SparseMemory implements PhysicalMemory {
       return undefined;
     }
     this.stats.reads++;
-    const v = this.views.get(Math.floor(addr / PAGE_SIZE));
+    const off = low & (PAGE_SIZE - 1);
+    const pfn = (addr - off) / PAGE_SIZE;
+    const slot = pfn & 15;
+    let v: DataView | undefined;
+    if (this.vcPfn[slot] === pfn) v = this.vcView[slot];
+    else {
+      v = this.views.get(pfn);
+      if (v !== undefined) {
+        this.vcPfn[slot] = pfn;
+        this.vcView[slot] = v;
+      }
+    }
     if (v === undefined) {
       out[0] = 0;
       out[1] = 0;
     } else {
-      const off = addr % PAGE_SIZE;
       out[0] = v.getUint32(off, true);
       out[1] = v.getUint32(off + 4, true);
     }

@@ -1,0 +1,662 @@
+// The one walker. Every format (Arm S1/S2 4K/16K/64K, VT-d FS/SS) and every
+// mode (S1 only, S2 only, nested) goes through `walkCore`, driven by a
+// PageTableFormat and a StageConfig. Results are values; bad tables, aborts
+// and impossible configurations produce fault values, never exceptions.
+//
+// Nested (reference/hw-formats.md §5, §7 rulings 1, 2, 9): every stage-1
+// descriptor fetch address (table base + index × 8) is an IPA translated by
+// its own stage-2 walk (not the table base once), then the stage-1 output IPA
+// is translated. Fault order per ruling 2, for each stage-1 level:
+//   S2 walk of the descriptor IPA (→ S2, CLASS TT) → S1 fetch (external abort
+//   → S1, TT) → S1 translation → S1 address size;
+// then at the leaf: S1 access flag (with HA: the S2 write check of the
+// descriptor IPA, ruling 9) → S1 permission → S2 walk of the output IPA
+// (→ S2, CLASS IN).
+//
+// Hot path: descriptors are handled as two 32-bit halves and addresses as
+// numbers (all table and output addresses are below 2^52, exact in a double);
+// bigint appears only at the API boundary, in faults, and in A/D write-backs.
+
+import type { PhysicalMemory } from "../memory.js";
+import {
+  type AccessRequest,
+  Desc,
+  type DescType,
+  type FaultClass,
+  type FaultKind,
+  PERM_ALL,
+  PERM_W,
+  type PermSet,
+  type StageConfig,
+  type StageOutcome,
+  type TranslationConfig,
+  type TranslationFault,
+  type TranslationOk,
+  type TranslationResult,
+  type WalkOptions,
+  type WalkStep,
+  permits,
+} from "../translation.js";
+
+// Local snapshots of imported constants: module-namespace getters (as emitted
+// by tsx / vite transforms) would otherwise sit on the hot path.
+const D_INVALID = Desc.INVALID;
+const D_TABLE = Desc.TABLE;
+const D_RESERVED = Desc.RESERVED;
+const P_ALL = PERM_ALL;
+const P_W = PERM_W;
+const allowed = permits;
+
+/** How often a walk restarts when a hardware A/D update loses a compare-and-swap race. */
+const MAX_CAS_RETRIES = 4;
+const TWO32 = 4294967296;
+const MAX_EXACT = 2 ** 53;
+/** POW2[n] = 2^n for n in 0..64 (exact doubles), to keep Math.pow off the hot path. */
+const POW2: readonly number[] = Array.from({ length: 65 }, (_, n) => 2 ** n);
+/** Scratch for descriptor reads: consumed immediately after each read, so one per module is enough. */
+const WORDS = new Uint32Array(2);
+
+const READ_FETCH: AccessRequest = { kind: "read", privileged: true };
+const WRITE_FETCH: AccessRequest = { kind: "write", privileged: true };
+
+function toBig(lo: number, hi: number): bigint {
+  return (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
+}
+
+/** A stage result; desc/descAddr are converted to bigint only when read. */
+class StageOut implements StageOutcome {
+  constructor(
+    readonly output: bigint,
+    readonly level: number,
+    readonly pageShift: number,
+    readonly perms: PermSet,
+    readonly global: boolean,
+    readonly writeNeedsWalk: boolean,
+    /** @internal */ readonly outNum: number,
+    /** @internal */ readonly descLo: number,
+    /** @internal */ readonly descHi: number,
+    /** @internal */ readonly descAddrNum: number,
+  ) {}
+  get desc(): bigint {
+    return toBig(this.descLo, this.descHi);
+  }
+  get descAddr(): bigint {
+    return BigInt(this.descAddrNum);
+  }
+}
+
+/** A successful translation; descReads is converted to bigint when read. */
+class Ok implements TranslationOk {
+  readonly ok = true as const;
+  constructor(
+    readonly input: bigint,
+    readonly output: bigint,
+    readonly ipa: bigint | undefined,
+    readonly pageShift: number,
+    readonly level: number,
+    readonly perms: PermSet,
+    readonly s1: StageOutcome | undefined,
+    readonly s2: StageOutcome | undefined,
+    private readonly reads: readonly number[],
+  ) {}
+  get descReads(): readonly bigint[] {
+    return this.reads.map((n) => BigInt(n));
+  }
+}
+
+/** Per-translation context shared by the stage walks (one allocation per translate). */
+interface Ctx {
+  readonly mem: PhysicalMemory;
+  readonly fast: boolean;
+  readonly w: Uint32Array;
+  /** Nested: stage-2 root as a number, and the reusable purpose of table-address walks. */
+  readonly s2Root: number;
+  readonly tablePurpose: { stage: 2; cls: FaultClass; ipa: number; s1Level: number; step: "table" };
+  /** The transaction's input address (reported in every fault). */
+  readonly input: bigint;
+  readonly privileged: boolean;
+  readonly reads: number[];
+  readonly visitor: ((step: WalkStep) => void) | undefined;
+  /** Nested: the stage-2 config through which stage-1 table addresses go. */
+  readonly s2ForTables: StageConfig | undefined;
+  // Result registers written by a successful walkCore.
+  rOut: number;
+  rLevel: number;
+  rShift: number;
+  rPerms: number;
+  rLo: number;
+  rHi: number;
+  rDescAddr: number;
+  rWnw: boolean;
+  rGlobal: boolean;
+}
+
+/** Why a stage walk runs (for fault fields and visitor steps). */
+interface Purpose {
+  readonly stage: 1 | 2;
+  /** CLASS for faults of this walk. */
+  readonly cls: FaultClass;
+  /** For stage-2 walks: the IPA being translated (reported as fault.ipa). */
+  readonly ipa?: bigint | number;
+  readonly s1Level?: number;
+  readonly step?: "table" | "output" | "ipa";
+}
+
+function fault(
+  ctx: Ctx,
+  kind: FaultKind,
+  p: Purpose,
+  level: number,
+  access: AccessRequest["kind"],
+  descAddr?: number,
+  lo?: number,
+  hi?: number,
+  perms?: number,
+  cls?: FaultClass,
+): TranslationFault {
+  return {
+    ok: false,
+    kind,
+    stage: p.stage,
+    level,
+    input: ctx.input,
+    ipa: p.ipa === undefined ? undefined : BigInt(p.ipa),
+    cls: cls ?? p.cls,
+    descAddr: descAddr === undefined ? undefined : BigInt(descAddr),
+    desc: lo === undefined ? undefined : toBig(lo, hi ?? 0),
+    s1Level: p.s1Level,
+    access,
+    privileged: ctx.privileged,
+    perms,
+  };
+}
+
+function makeCtx(
+  mem: PhysicalMemory,
+  input: bigint,
+  access: AccessRequest,
+  opts: WalkOptions | undefined,
+  s2ForTables?: StageConfig,
+): Ctx {
+  return {
+    mem,
+    fast: typeof mem.read64Split === "function",
+    w: WORDS,
+    s2Root: s2ForTables === undefined ? 0 : Number(s2ForTables.root),
+    tablePurpose: { stage: 2, cls: "TT", ipa: 0, s1Level: 0, step: "table" },
+    input,
+    privileged: access.privileged,
+    reads: [],
+    visitor: opts?.visitor,
+    s2ForTables,
+    rOut: 0,
+    rLevel: 0,
+    rShift: 0,
+    rPerms: 0,
+    rLo: 0,
+    rHi: 0,
+    rDescAddr: 0,
+    rWnw: false,
+    rGlobal: false,
+  };
+}
+
+/** Read the descriptor at `pa` into ctx.w; returns false on an abort. */
+function readDesc(ctx: Ctx, pa: number): boolean {
+  if (ctx.fast) {
+    return (ctx.mem.read64Split as NonNullable<PhysicalMemory["read64Split"]>)(pa, ctx.w) === undefined;
+  }
+  const r = ctx.mem.read64(BigInt(pa));
+  if (!r.ok) return false;
+  ctx.w[0] = Number(r.value & 0xffffffffn);
+  ctx.w[1] = Number(r.value >> 32n);
+  return true;
+}
+
+/**
+ * Translate a stage-1 descriptor IPA through stage 2 (nested, ruling 1).
+ * Returns the PA, or a stage-2 fault with CLASS TT and the descriptor IPA.
+ */
+function tableAddr(ctx: Ctx, ipa: number, s1Level: number, write: boolean): number | TranslationFault {
+  const s2 = ctx.s2ForTables as StageConfig;
+  // Stage-2 walks never nest, so one mutable purpose per translation is safe;
+  // fault() copies its fields.
+  const p = ctx.tablePurpose;
+  p.ipa = ipa;
+  p.s1Level = s1Level;
+  const access = write ? WRITE_FETCH : READ_FETCH;
+  if (ipa >= (POW2[s2.inputBits] as number)) return fault(ctx, "input-range", p, s2.startLevel, access.kind);
+  const f = walkCore(ctx, s2, ctx.s2Root, ipa >>> 0, Math.floor(ipa / TWO32), access, p);
+  if (f !== undefined) return f;
+  return ctx.rOut;
+}
+
+/**
+ * Write back a hardware A/D update with compare-and-swap. Returns undefined
+ * on success, RETRY if the descriptor changed under us, or a fault.
+ */
+function update(
+  ctx: Ctx,
+  p: Purpose,
+  level: number,
+  descPa: number,
+  lo: number,
+  hi: number,
+  nlo: number,
+  nhi: number,
+  descIpa: number | undefined,
+  type: DescType,
+): TranslationFault | typeof RETRY | undefined {
+  const old = toBig(lo, hi);
+  const nv = toBig(nlo, nhi);
+  const r = ctx.mem.cas64(BigInt(descPa), old, nv);
+  if (!r.ok) return fault(ctx, "external-abort", p, level, "write", descPa, lo, hi, undefined, p.stage === 1 ? "TT" : p.cls);
+  if (r.value !== old) return RETRY;
+  if (ctx.visitor) {
+    ctx.visitor({
+      stage: p.stage,
+      level,
+      descAddr: BigInt(descPa),
+      descIpa: descIpa === undefined ? undefined : BigInt(descIpa),
+      value: old,
+      type,
+      updated: nv,
+      purpose: p.stage === 2 ? p.step : undefined,
+      s1Level: p.s1Level,
+    });
+  }
+  return undefined;
+}
+
+const RETRY = 1 as const;
+
+/** The descriptor kept changing under the A/D compare-and-swap: report the update as failed. */
+function casLost(ctx: Ctx, p: Purpose, level: number, descPa: number, lo: number, hi: number): TranslationFault {
+  return fault(ctx, "external-abort", p, level, "write", descPa, lo, hi, undefined, p.stage === 1 ? "TT" : p.cls);
+}
+
+/**
+ * Walk one stage for the (already range-checked, masked) input va = vaHi:vaLo.
+ * Stage-1 table addresses go through stage 2 when ctx.s2ForTables is set and
+ * p.stage === 1. On success returns undefined with the result in ctx.r*.
+ */
+function walkCore(
+  ctx: Ctx,
+  st: StageConfig,
+  root: number,
+  vaLo: number,
+  vaHi: number,
+  access: AccessRequest,
+  p: Purpose,
+): TranslationFault | undefined {
+  const fmt = st.format;
+  const start = st.startLevel;
+  if (p.stage === 1 && access.privileged && st.sre === false && fmt.family === "vtd-first-stage") {
+    return fault(ctx, "request-blocked", p, start, access.kind);
+  }
+  const nested = p.stage === 1 && ctx.s2ForTables !== undefined;
+  const hw = fmt.hw;
+  const hww = hw.words;
+  const oaLimit = POW2[st.outputBits] as number;
+  const w = ctx.w;
+  const probe = access.probe === true;
+  const wantsWrite = access.kind === "write" && !probe;
+  const visitor = ctx.visitor;
+
+  // A hand-built StageConfig the builders would have refused: fault, never throw.
+  const startBits = st.inputBits - fmt.levelShift(start);
+  if (start < -1 || start > 3 || startBits < 1 || startBits > fmt.bitsPerLevel + 4) {
+    return fault(ctx, "translation", p, start, access.kind);
+  }
+
+  for (let attempt = 0; ; attempt++) {
+    let level = start;
+    let table = root;
+    let limit = P_ALL;
+    let nbits = startBits;
+    let restart = false;
+    for (;;) {
+      const shift = fmt.levelShift(level);
+      const m = (1 << nbits) - 1;
+      const idx = shift >= 32 ? (vaHi >>> (shift - 32)) & m : ((vaLo >>> shift) | (vaHi << (32 - shift))) & m;
+      const descIpa = table + idx * 8;
+      let descPa = descIpa;
+      if (nested) {
+        const t = tableAddr(ctx, descIpa, level, false);
+        if (typeof t !== "number") return t;
+        descPa = t;
+      }
+      if (!readDesc(ctx, descPa)) {
+        // F_WALK_EABT: CLASS TT for a stage-1 table fetch, FetchAddr = descriptor PA.
+        return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, p.stage === 1 ? "TT" : p.cls);
+      }
+      ctx.reads.push(descPa);
+      const lo = w[0] as number;
+      const hi = w[1] as number;
+      const type: DescType = fmt.decodeW(lo, hi, level, st);
+      if (visitor) {
+        visitor({
+          stage: p.stage,
+          level,
+          descAddr: BigInt(descPa),
+          descIpa: nested ? BigInt(descIpa) : undefined,
+          value: toBig(lo, hi),
+          type,
+          purpose: p.stage === 2 ? p.step : undefined,
+          s1Level: p.s1Level,
+        });
+      }
+      if (type === D_INVALID) return fault(ctx, "translation", p, level, access.kind, descPa, lo, hi);
+      if (type === D_RESERVED) return fault(ctx, "reserved-bit", p, level, access.kind, descPa, lo, hi);
+      const out = fmt.outputAddressW(lo, hi, level, type);
+      // Ruling 8: next-table and leaf output addresses are checked at this level.
+      if (out >= oaLimit) return fault(ctx, "address-size", p, level, access.kind, descPa, lo, hi);
+
+      if (type === D_TABLE) {
+        limit &= fmt.tableLimitW(lo, hi, level, st);
+        // VT-d sets A in every paging-structure entry it uses (x86 rule).
+        if (hw.accessInTables && st.ha && ((lo & hww.accessLo) | (hi & hww.accessHi)) === 0) {
+          let nlo = (lo | hww.accessLo) >>> 0;
+          const nhi = (hi | hww.accessHi) >>> 0;
+          if (st.eafe && hw.extendedAccessBit !== undefined) nlo = (nlo | Number(hw.extendedAccessBit & 0xffffffffn)) >>> 0;
+          if (nested) {
+            const t = tableAddr(ctx, descIpa, level, true);
+            if (typeof t !== "number") return t;
+          }
+          const u = update(ctx, p, level, descPa, lo, hi, nlo, nhi, nested ? descIpa : undefined, type);
+          if (u === RETRY) {
+            if (attempt >= MAX_CAS_RETRIES) return casLost(ctx, p, level, descPa, lo, hi);
+            restart = true;
+            break;
+          }
+          if (u !== undefined) return u;
+        }
+        table = out;
+        level++;
+        nbits = fmt.bitsPerLevel;
+        if (level > 3) return fault(ctx, "translation", p, 3, access.kind, descPa, lo, hi);
+        continue;
+      }
+
+      // Leaf (block or page).
+      let nlo = lo;
+      let nhi = hi;
+      let checkedWrite = false;
+      // Access flag (before permission: ruling 2).
+      if (((lo & hww.accessLo) | (hi & hww.accessHi)) === 0) {
+        if (st.ha) {
+          nlo = (nlo | hww.accessLo) >>> 0;
+          nhi = (nhi | hww.accessHi) >>> 0;
+          if (st.eafe && hw.extendedAccessBit !== undefined) nlo = (nlo | Number(hw.extendedAccessBit & 0xffffffffn)) >>> 0;
+          if (nested) {
+            // Ruling 9: the AF update writes the descriptor's IPA; stage 2 must allow the write.
+            const t = tableAddr(ctx, descIpa, level, true);
+            if (typeof t !== "number") return t;
+            checkedWrite = true;
+          }
+        } else if (hw.accessFault && !st.affd) {
+          return fault(ctx, "access-flag", p, level, access.kind, descPa, lo, hi);
+        }
+      }
+      let perms = fmt.finalPerms(fmt.leafPermsW(lo, hi, level, st) & limit, st);
+      let writeNeedsWalk = false;
+      if (st.hd) {
+        const dirty = hw.dirty;
+        if (dirty.style === "dbm") {
+          const wbit = ((lo & hww.writeLo) | (hi & hww.writeHi)) !== 0;
+          const clean = dirty.writeBitMeansWritable ? !wbit : wbit;
+          if (clean && ((lo & hww.dirtyLo) | (hi & hww.dirtyHi)) !== 0) {
+            const dlo = (dirty.writeBitMeansWritable ? lo | hww.writeLo : lo & ~hww.writeLo) >>> 0;
+            const dhi = (dirty.writeBitMeansWritable ? hi | hww.writeHi : hi & ~hww.writeHi) >>> 0;
+            const dperms = fmt.finalPerms(fmt.leafPermsW(dlo, dhi, level, st) & limit, st);
+            if ((dperms & P_W) !== 0) {
+              if (wantsWrite && allowed(dperms, access, fmt.execNeedsRead)) {
+                nlo = (dirty.writeBitMeansWritable ? nlo | hww.writeLo : nlo & ~hww.writeLo) >>> 0;
+                nhi = (dirty.writeBitMeansWritable ? nhi | hww.writeHi : nhi & ~hww.writeHi) >>> 0;
+                perms = dperms;
+              } else {
+                writeNeedsWalk = true;
+              }
+            }
+          }
+        } else if ((perms & P_W) !== 0 && ((lo & hww.dirtyLo) | (hi & hww.dirtyHi)) === 0) {
+          if (wantsWrite && allowed(perms, access, fmt.execNeedsRead)) {
+            nlo = (nlo | hww.dirtyLo) >>> 0;
+            nhi = (nhi | hww.dirtyHi) >>> 0;
+          } else {
+            writeNeedsWalk = true;
+          }
+        }
+      }
+      if (!probe && !allowed(perms, access, fmt.execNeedsRead)) {
+        return fault(ctx, "permission", p, level, access.kind, descPa, lo, hi, perms);
+      }
+      if (nlo !== lo || nhi !== hi) {
+        if (nested && !checkedWrite) {
+          const t = tableAddr(ctx, descIpa, level, true);
+          if (typeof t !== "number") return t;
+        }
+        const u = update(ctx, p, level, descPa, lo, hi, nlo, nhi, nested ? descIpa : undefined, type);
+        if (u === RETRY) {
+          if (attempt >= MAX_CAS_RETRIES) return casLost(ctx, p, level, descPa, lo, hi);
+          restart = true;
+          break;
+        }
+        if (u !== undefined) return u;
+      }
+      const pageShift = fmt.levelShift(level);
+      // Integer masks, not `%` (a slow fmod on doubles).
+      const off =
+        pageShift < 32
+          ? (vaLo & ((1 << pageShift) - 1)) >>> 0
+          : pageShift === 32
+            ? vaLo
+            : ((vaHi & ((1 << (pageShift - 32)) - 1)) >>> 0) * TWO32 + vaLo;
+      ctx.rOut = out + off;
+      ctx.rLevel = level;
+      ctx.rShift = pageShift;
+      ctx.rPerms = perms;
+      ctx.rLo = nlo;
+      ctx.rHi = nhi;
+      ctx.rDescAddr = descPa;
+      ctx.rWnw = writeNeedsWalk;
+      ctx.rGlobal = fmt.isGlobalW(nlo, nhi);
+      return undefined;
+    }
+    if (!restart) return fault(ctx, "translation", p, start, access.kind); // unreachable
+  }
+}
+
+function stageOut(ctx: Ctx): StageOut {
+  return new StageOut(
+    BigInt(ctx.rOut),
+    ctx.rLevel,
+    ctx.rShift,
+    ctx.rPerms,
+    ctx.rGlobal,
+    ctx.rWnw,
+    ctx.rOut,
+    ctx.rLo,
+    ctx.rHi,
+    ctx.rDescAddr,
+  );
+}
+
+/**
+ * Range-check a stage's input and split it into 32-bit halves of the masked
+ * address. Returns the fault kind on failure.
+ */
+function splitInput(st: StageConfig, input: bigint, out: { lo: number; hi: number }): FaultKind | undefined {
+  const n = Number(input);
+  if (st.inputForm !== "high" && n >= 0 && n < MAX_EXACT) {
+    if (n >= (POW2[st.inputForm === "low" ? st.inputBits : st.inputBits - 1] as number)) {
+      return st.inputForm === "low" ? "input-range" : "non-canonical";
+    }
+    out.lo = n >>> 0;
+    out.hi = Math.floor(n / TWO32);
+    return undefined;
+  }
+  const ia = BigInt(st.inputBits);
+  switch (st.inputForm) {
+    case "low":
+      if (input >> ia !== 0n) return "input-range";
+      break;
+    case "high":
+      if (input >> ia !== (1n << (64n - ia)) - 1n) return "input-range";
+      break;
+    case "canonical": {
+      const top = input >> (ia - 1n);
+      if (top !== 0n && top !== (1n << (65n - ia)) - 1n) return "non-canonical";
+      break;
+    }
+  }
+  const va = BigInt.asUintN(st.inputBits, input);
+  out.lo = Number(va & 0xffffffffn);
+  out.hi = Number(va >> 32n);
+  return undefined;
+}
+
+function rangeFault(ctx: Ctx, kind: FaultKind, p: Purpose, st: StageConfig, access: AccessRequest): TranslationFault {
+  return fault(ctx, kind, p, st.startLevel, access.kind);
+}
+
+const split = { lo: 0, hi: 0 };
+
+function walkSingle(ctx: Ctx, st: StageConfig, input: bigint, access: AccessRequest, p: Purpose): TranslationResult {
+  const k = splitInput(st, input, split);
+  if (k !== undefined) return rangeFault(ctx, k, p, st, access);
+  const f = walkCore(ctx, st, Number(st.root), split.lo, split.hi, access, p);
+  if (f !== undefined) return f;
+  const s = stageOut(ctx);
+  return new Ok(
+    ctx.input,
+    s.output,
+    undefined,
+    s.pageShift,
+    s.level,
+    s.perms,
+    p.stage === 1 ? s : undefined,
+    p.stage === 2 ? s : undefined,
+    ctx.reads,
+  );
+}
+
+/**
+ * Walk one stage whose tables are at physical addresses (S1-only, S2-only, or
+ * a guest walking its own tables in its own memory). Faults report the
+ * format's stage (1 or 2) and CLASS IN.
+ */
+export function walkStage(
+  mem: PhysicalMemory,
+  stage: StageConfig,
+  input: bigint,
+  access: AccessRequest,
+  opts?: WalkOptions,
+): TranslationResult {
+  const ctx = makeCtx(mem, input, access, opts);
+  const stageNo = stage.format.stage;
+  return walkSingle(ctx, stage, input, access, {
+    stage: stageNo,
+    cls: "IN",
+    ipa: stageNo === 2 ? input : undefined,
+    step: stageNo === 2 ? "output" : undefined,
+  });
+}
+
+export interface TranslateIpaOptions extends WalkOptions {
+  /** CLASS to report on failure: "CD" for a context-descriptor fetch (the SMMUv3 model), default "IN". */
+  readonly cls?: FaultClass;
+  /** The transaction's input address to report in faults (default: the IPA itself). */
+  readonly input?: bigint;
+}
+
+/**
+ * Translate an arbitrary IPA/GPA through stage 2 (the SMMUv3 model's CD and
+ * L1CD fetches in nested mode: cls "CD"; VT-d nested structure fetches).
+ * Faults are stage 2 with `ipa` = the IPA and the given class.
+ */
+export function translateIpa(
+  mem: PhysicalMemory,
+  s2: StageConfig,
+  ipa: bigint,
+  access: AccessRequest = READ_FETCH,
+  opts?: TranslateIpaOptions,
+): TranslationResult {
+  const ctx = makeCtx(mem, opts?.input ?? ipa, access, opts);
+  return walkSingle(ctx, s2, ipa, access, { stage: 2, cls: opts?.cls ?? "IN", ipa, step: "ipa" });
+}
+
+/**
+ * Translate one transaction with a TranslationConfig: the single entry point
+ * device models use. Never throws; the device model maps a fault to its own
+ * event record / fault reason.
+ */
+export function translate(
+  mem: PhysicalMemory,
+  cfg: TranslationConfig,
+  input: bigint,
+  access: AccessRequest,
+  opts?: WalkOptions,
+): TranslationResult {
+  switch (cfg.mode) {
+    case "abort":
+      return {
+        ok: false,
+        kind: "aborted",
+        stage: 0,
+        level: 0,
+        input,
+        cls: "IN",
+        access: access.kind,
+        privileged: access.privileged,
+      };
+    case "bypass":
+      return new Ok(input, input, undefined, 12, 3, P_ALL, undefined, undefined, []);
+    case "s1":
+      return walkSingle(makeCtx(mem, input, access, opts), cfg.s1, input, access, { stage: 1, cls: "IN" });
+    case "s2": {
+      if (cfg.s1BypassInputBits !== undefined && input >> BigInt(cfg.s1BypassInputBits) !== 0n) {
+        // Stage 1 bypassed and input ≥ 2^IAS: stage-1 address-size fault (SMMUv3 §3.4, QEMU).
+        return {
+          ok: false,
+          kind: "address-size",
+          stage: 1,
+          level: cfg.s2.startLevel,
+          input,
+          cls: "IN",
+          access: access.kind,
+          privileged: access.privileged,
+        };
+      }
+      const ctx = makeCtx(mem, input, access, opts);
+      return walkSingle(ctx, cfg.s2, input, access, { stage: 2, cls: "IN", ipa: input, step: "output" });
+    }
+    case "nested": {
+      const ctx = makeCtx(mem, input, access, opts, cfg.s1TablesIpa !== false ? cfg.s2 : undefined);
+      const p1: Purpose = { stage: 1, cls: "IN" };
+      const k = splitInput(cfg.s1, input, split);
+      if (k !== undefined) return rangeFault(ctx, k, p1, cfg.s1, access);
+      const f1 = walkCore(ctx, cfg.s1, Number(cfg.s1.root), split.lo, split.hi, access, p1);
+      if (f1 !== undefined) return f1;
+      const s1 = stageOut(ctx);
+      const ipa = ctx.rOut;
+      const p2: Purpose = { stage: 2, cls: "IN", ipa, step: "output" };
+      if (ipa >= (POW2[cfg.s2.inputBits] as number)) return rangeFault(ctx, "input-range", p2, cfg.s2, access);
+      const f2 = walkCore(ctx, cfg.s2, ctx.s2Root || Number(cfg.s2.root), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
+      if (f2 !== undefined) return f2;
+      const s2 = stageOut(ctx);
+      const s1Smaller = s1.pageShift <= s2.pageShift;
+      return new Ok(
+        input,
+        s2.output,
+        s1.output,
+        s1Smaller ? s1.pageShift : s2.pageShift,
+        s1Smaller ? s1.level : s2.level,
+        s1.perms & s2.perms,
+        s1,
+        s2,
+        ctx.reads,
+      );
+    }
+  }
+}
