@@ -10,6 +10,8 @@ export { bind, type GrpcServerOptions, type RunningGrpcServer, type ServiceBindi
 export * from "./grpc/types.js";
 export * from "./log.js";
 export { Bus, type BusOptions, type MsgContext, type RequestOptions, type SendOptions } from "./nats/bus.js";
+export { clearFaultRules, faultControl, type FaultRuleInit, listFaultRules, setFaultRules } from "./nats/fault-control.js";
+export { applyFlips, type Direction, type FaultEffect, FaultInjector, subjectMatches, validSubjectPattern } from "./nats/faults.js";
 export { ensureNatsServer, findNatsServer, INSTALL_HINT, type NatsServerProcess, startNatsServer } from "./nats/server.js";
 export * from "./service.js";
 export * from "./subjects.js";

@@ -1,9 +1,10 @@
 // The shape of every service process: parse and validate configuration, log
 // with pino, connect to NATS, serve gRPC (health + reflection + the service's
-// own), answer pings on its control subject, and shut down cleanly on SIGTERM
-// or SIGINT. The "ready" log line carries the gRPC port for launchers.
+// own), answer pings and fault-injection rules on its control subjects, and
+// shut down cleanly on SIGTERM or SIGINT. The "ready" log line carries the
+// gRPC port for launchers.
 
-import { PingSchema, PongSchema } from "@iommufd/proto/bus";
+import { FaultControlReplySchema, FaultControlRequestSchema, PingSchema, PongSchema } from "@iommufd/proto/bus";
 import { Command } from "commander";
 import type { Subscription } from "nats";
 import type { z } from "zod";
@@ -71,6 +72,12 @@ export async function runService<S extends z.ZodRawShape>(spec: ServiceSpec<S>, 
     sentUnixNanos: req.sentUnixNanos,
     repliedUnixNanos: BigInt(Date.now()) * 1_000_000n,
   }));
+  // Message fault rules (nats/faults.ts): applied by this process's Bus to everything it sends and receives.
+  const faults: Subscription = bus.serve(subjects.faults(config.name), FaultControlRequestSchema, FaultControlReplySchema, (req) => {
+    const reply = bus.faults.handle(req, config.name);
+    if (req.request.case !== "list") log.info({ op: req.request.case, rules: bus.faults.list().map((r) => r.id) }, "fault rules changed");
+    return reply;
+  });
   await started.ready?.(grpc);
   await bus.flush();
   log.info({ grpcPort: grpc.port, grpcAddress: grpc.address, natsUrl: config.natsUrl }, "ready");
@@ -80,6 +87,7 @@ export async function runService<S extends z.ZodRawShape>(spec: ServiceSpec<S>, 
     (stopping ??= (async () => {
       log.info("shutting down");
       ping.unsubscribe();
+      faults.unsubscribe();
       await started.stop?.().catch((e) => log.error({ err: e }, "stop failed"));
       await grpc.shutdown();
       await bus.close();

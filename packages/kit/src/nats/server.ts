@@ -54,11 +54,11 @@ export interface NatsServerProcess {
   stop(): Promise<void>;
 }
 
-/** Start nats-server on 127.0.0.1 and a free port (it picks one: -p -1); resolves once it is ready. */
-export async function startNatsServer(opts: { jetstream?: boolean; timeoutMs?: number } = {}): Promise<NatsServerProcess> {
+/** Start nats-server on 127.0.0.1 and a free port (it picks one: -p -1) or the given one; resolves once it is ready. */
+export async function startNatsServer(opts: { jetstream?: boolean; timeoutMs?: number; port?: number } = {}): Promise<NatsServerProcess> {
   const bin = ensureNatsServer();
   const storeDir = opts.jetstream ? mkdtempSync(join(tmpdir(), "nats-js-")) : undefined;
-  const args = ["-a", "127.0.0.1", "-p", "-1", "-m", "0"];
+  const args = ["-a", "127.0.0.1", "-p", String(opts.port || -1), "-m", "0"];
   if (storeDir) args.push("-js", "-sd", storeDir);
   const child = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"] });
   const killOnExit = () => child.kill("SIGKILL");

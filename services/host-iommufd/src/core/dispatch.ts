@@ -22,9 +22,10 @@ export class Ucmd {
 
   /** Reserve an ID for a new object; it becomes visible only if the call succeeds. */
   alloc<T extends IommufdObject>(obj: T): T {
-    this.session.failNth.point(`alloc ${obj.type}`);
     obj.id = this.session.objects.reserve();
+    // Tracked before the fault point: a failure here still releases what the object holds.
     this.created.push(obj);
+    this.session.failNth.point(`alloc ${obj.type}`);
     return obj;
   }
 

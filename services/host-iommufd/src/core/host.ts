@@ -4,8 +4,9 @@
 // A reaper closes sessions whose lease ran out, as closing the fd would.
 
 import type { Metadata } from "@grpc/grpc-js";
-import { ErrnoError, type Logger } from "@iommufd/kit";
+import { type Bus, ErrnoError, type Logger } from "@iommufd/kit";
 import { HostMemory } from "../mm/phys.js";
+import { PciTable } from "./pci.js";
 import { type EventDelivery, Session } from "./session.js";
 
 export const SESSION_HEADER = "iommufd-session";
@@ -29,6 +30,9 @@ export const DEFAULT_TUNABLES: Tunables = {
 export class Host {
   readonly memory = new HostMemory(48);
   readonly tunables: Tunables = { ...DEFAULT_TUNABLES };
+  readonly pci = new PciTable();
+  /** Called before a session's objects are destroyed (devices are unbound first, as their VFIO fds close first). */
+  readonly onSessionClosing: ((s: Session) => void)[] = [];
   private readonly byToken = new Map<string, Session>();
   readonly sessions = new Map<string, Session>();
   private nextSessionNo = 1;
@@ -36,7 +40,11 @@ export class Host {
   /** Called after a session is gone (drivers, data plane and admin drop their state). */
   readonly onSessionClosed: ((s: Session) => void)[] = [];
 
-  constructor(readonly log: Logger) {
+  constructor(
+    readonly log: Logger,
+    /** Where events and faults are published (absent in unit tests: records stay queued). */
+    readonly bus?: Bus,
+  ) {
     this.reaper = setInterval(() => this.reap(), 250);
     this.reaper.unref();
   }
@@ -70,12 +78,18 @@ export class Host {
     return s;
   }
 
-  /** close(): destroy every object, close every fd, drop the user memory. Returns objects destroyed. */
+  /**
+   * close(): devices are unbound first (their VFIO fds close before the
+   * iommufd), then every fd is closed (dropping the references fds hold),
+   * then every object is destroyed, leaves first, then the user memory goes.
+   * Returns the number of objects destroyed.
+   */
   closeSession(s: Session, why: string): number {
     if (s.closed) return 0;
+    for (const cb of this.onSessionClosing) cb(s);
+    for (const fd of [...s.fds.keys()]) s.closeFd(fd);
     const n = s.objects.size;
     s.objects.destroyAll();
-    for (const fd of [...s.fds.keys()]) s.closeFd(fd);
     s.mm.closeAll();
     s.closed = true;
     this.byToken.delete(s.token);

@@ -5,7 +5,13 @@ import { check, ErrnoError } from "@iommufd/kit";
 import { IoasMapFlags, type Iommufd, OptionId, OptionOps } from "@iommufd/proto/iommufd";
 import type { Ucmd, UcmdTable } from "../core/dispatch.js";
 import { IommufdObject } from "../core/object.js";
-import { IoPagetable, type Prot, ULONG_MAX } from "../iopt/io-pagetable.js";
+import type { PagingDomain } from "../drivers/ops.js";
+import { IoPagetable, type IoptDomain, type Prot, ULONG_MAX } from "../iopt/io-pagetable.js";
+
+/** Wait for the device-TLB invalidations the domains started. */
+export async function syncDomains(domains: readonly IoptDomain[]): Promise<void> {
+  await Promise.all(domains.map((d) => (d as Partial<PagingDomain>).iotlbSync?.()));
+}
 
 export class Ioas extends IommufdObject {
   readonly type = "IOAS" as const;
@@ -105,11 +111,17 @@ export const ioasHandlers: UcmdTable<typeof Iommufd> = {
     return { dstIova };
   },
 
-  ioasUnmap(req, { session }) {
+  async ioasUnmap(req, { session }) {
     const { iopt } = session.objects.get<Ioas>(req.ioasId, "IOAS");
-    if (req.iova === 0n && req.length === ULONG_MAX) return { length: iopt.unmapAll() };
-    check(req.iova < ULONG_MAX && req.length < ULONG_MAX, "EOVERFLOW", "iova or length is U64_MAX");
-    return { length: iopt.unmap(req.iova, req.length) };
+    let length: bigint;
+    if (req.iova === 0n && req.length === ULONG_MAX) length = iopt.unmapAll();
+    else {
+      check(req.iova < ULONG_MAX && req.length < ULONG_MAX, "EOVERFLOW", "iova or length is U64_MAX");
+      length = iopt.unmap(req.iova, req.length);
+    }
+    // The unmap returns once every device's ATC has dropped the range (Linux's iotlb_sync).
+    await syncDomains(iopt.domains);
+    return { length };
   },
 
   option(req, { session }) {
