@@ -353,6 +353,28 @@ describe("devices and HWPTs", () => {
     );
     expect(e.errno).toBe("EIO");
     expect((e.response as { entryNum: number }).entryNum).toBe(2);
+    // The vIOMMU driver copies the whole array first: a short array faults before any entry is handled.
+    const short = await failure(
+      s.io.hwptInvalidate({ hwptId: outViommuId, dataType: HwptInvalidateDataType.ARM_SMMUV3, entryLen: 16, entryNum: 3, entries: [tlbiNhAll] }),
+    );
+    expect(short.errno).toBe("EFAULT");
+    expect((short.response as { entryNum: number }).entryNum).toBe(0);
+  });
+
+  it("SMMUv3 nested HWPTs: no PASID flag; an abort vSTE attaches without a vDEVICE, a translating one needs it", async () => {
+    const s = await session();
+    const { outIoasId: ioasId } = await s.io.ioasAlloc({});
+    const smmu = await testDevice(s, "smmu0");
+    const { outHwptId: parent } = await s.io.hwptAlloc({ devId: smmu.devId, ptId: ioasId, flags: HwptAllocFlags.NEST_PARENT });
+    const { outViommuId: viommu } = await s.io.viommuAlloc({ type: ViommuType.ARM_SMMUV3, devId: smmu.devId, hwptId: parent });
+    const vste = (w0: bigint) => ({ dataType: HwptDataType.ARM_SMMUV3, dataLen: 16, data: { case: "armSmmuv3" as const, value: { ste: [w0, 0n] } } });
+    expect(await errno(s.io.hwptAlloc({ devId: smmu.devId, ptId: viommu, flags: HwptAllocFlags.PASID, ...vste(1n) }))).toBe("EOPNOTSUPP");
+    const { outHwptId: abort } = await s.io.hwptAlloc({ devId: smmu.devId, ptId: viommu, ...vste(1n) }); // V=1, Config=abort
+    await s.io.deviceAttach({ devId: smmu.devId, ptId: abort });
+    const { outHwptId: s1 } = await s.io.hwptAlloc({ devId: smmu.devId, ptId: viommu, ...vste(1n | (0b101n << 1n) | 0x100000n) });
+    expect(await errno(s.io.deviceAttach({ devId: smmu.devId, ptId: s1 }))).toBe("ENOENT");
+    await s.io.vdeviceAlloc({ viommuId: viommu, devId: smmu.devId, virtId: 0x20n });
+    expect((await s.io.deviceAttach({ devId: smmu.devId, ptId: s1 })).ptId).toBe(s1);
   });
 
   it("GET_HW_INFO: vendor blob, lengths and capabilities", async () => {

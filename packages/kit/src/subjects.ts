@@ -20,6 +20,8 @@ export const subjects = {
   priResp: (rid: number) => `${V}.dev.${ridToken(rid)}.pri-resp`,
   /** device → host, request/reply: hot-plug */
   register: `${V}.dev.register`,
+  /** device → host, request/reply: hot-unplug */
+  unregister: `${V}.dev.unregister`,
   /** host → all, publish: the host (re)started; devices register again */
   hostUp: `${V}.host.up`,
   /** VMM/guest → host, request/reply, batched guest-RAM scatter/gather */

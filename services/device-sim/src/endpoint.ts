@@ -48,8 +48,7 @@ import { PriEngine } from "./pri.js";
 import { SeqCounter, SeqTracker, type SeqVerdict } from "./seq.js";
 
 const CORRELATION_HEADER = "x-correlation-id";
-/** bus.proto lists iommu.v1.dev.unregister; the kit's subjects table does not have it yet. */
-export const UNREGISTER_SUBJECT = "iommu.v1.dev.unregister";
+export const UNREGISTER_SUBJECT = subjects.unregister;
 
 /** Ways to break the rules (device.v1.Misbehaviour, same field names). */
 export interface MisbehaviourSettings {

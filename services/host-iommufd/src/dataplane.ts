@@ -148,7 +148,7 @@ export class Dataplane {
     const b = this.bus;
     this.subs.push(
       b.serve(subjects.register, DeviceRegisterSchema, DeviceRegisterReplySchema, (req) => this.register(req)),
-      b.serve("iommu.v1.dev.unregister", DeviceUnregisterSchema, DeviceUnregisterReplySchema, (req) => {
+      b.serve(subjects.unregister, DeviceUnregisterSchema, DeviceUnregisterReplySchema, (req) => {
         const slot = this.host.pci.byRid(req.rid);
         if (slot.process !== req.process) throw new ErrnoError("EPERM", `rid 0x${req.rid.toString(16)} belongs to ${slot.process}`);
         this.host.pci.unplug(req.rid);

@@ -204,9 +204,9 @@ export function decodeCommand(w: readonly bigint[], feat?: Readonly<SmmuFeatures
   const pri = ats && (feat?.pri ?? true);
   const ssidBits = feat?.ssidBits ?? 20;
 
-  if (ssv && ssidBits < 20 && ssid >> ssidBits !== 0) {
-    // SubstreamID bits above SSIDSIZE are RES0 in commands that carry one.
-    if (opcode === CMD_OP.CFGI_CD || opcode === CMD_OP.ATC_INV || opcode === CMD_OP.PRI_RESP) {
+  if (ssidBits < 20 && ssid >> ssidBits !== 0) {
+    // SubstreamID bits above SSIDSIZE are RES0 in commands that carry one (CFGI_CD always does).
+    if (opcode === CMD_OP.CFGI_CD || (ssv && (opcode === CMD_OP.ATC_INV || opcode === CMD_OP.PRI_RESP))) {
       return bad("SubstreamID beyond IDR1.SSIDSIZE");
     }
   }

@@ -1097,7 +1097,8 @@ export class SmmuV3 {
         return;
       }
       case "CFGI_CD":
-        this.cdCache.invalidateKey(`${c.StreamID}:${c.SSV ? c.SubstreamID : 0}`);
+        // CMD_CFGI_CD(StreamID, SSec, SubstreamID, Leaf): no SSV, the SubstreamID always names the CD.
+        this.cdCache.invalidateKey(`${c.StreamID}:${c.SubstreamID}`);
         return;
       case "CFGI_CD_ALL":
         this.cdCache.invalidateWhere((k) => k.startsWith(`${c.StreamID}:`));

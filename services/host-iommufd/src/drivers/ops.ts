@@ -80,7 +80,11 @@ export interface NestedDomain {
 /** Vendor-side state of a vIOMMU object. */
 export interface ViommuHw {
   readonly parent: PagingDomain;
-  /** IOMMU_HWPT_INVALIDATE on the vIOMMU (SMMUv3 commands), with the same contract as NestedDomain.invalidate. */
+  /**
+   * IOMMU_HWPT_INVALIDATE on the vIOMMU (SMMUv3 commands), with the same
+   * contract as NestedDomain.invalidate. The core hands over the whole user
+   * array (the kernel copies it before processing any entry).
+   */
   invalidate(dataType: number, entries: Uint8Array[]): Promise<number>;
   /** A vDEVICE now maps virt_id → dev (SMMUv3: vSID → pSID). */
   vdeviceAdd(dev: PciDevice, virtId: bigint): void;
@@ -205,6 +209,8 @@ export interface IommuDriver {
     viommuType: number;
     /** iommu_hwpt_data_type the driver accepts for nested domains. */
     nestedDataType: number;
+    /** IOMMU_HWPT_ALLOC_* flags a nested allocation may carry (SMMUv3: FAULT_ID_VALID; VT-d: also PASID). */
+    nestedFlags: number;
     /** iommu_hwpt_invalidate_data_type for nested HWPTs (-1 = none) and for vIOMMUs (-1 = none). */
     hwptInvalidateType: number;
     viommuInvalidateType: number;

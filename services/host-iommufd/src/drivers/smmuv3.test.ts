@@ -186,6 +186,7 @@ describe("SMMUv3 host driver: bring-up and hw_info", () => {
       maxPasidLog2: 20,
       viommuType: 1,
       nestedDataType: 2,
+      nestedFlags: 4, // FAULT_ID_VALID only
       hwptInvalidateType: -1,
       viommuInvalidateType: 1,
       veventqType: 1,

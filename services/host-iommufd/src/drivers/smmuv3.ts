@@ -124,7 +124,7 @@ import {
   unmapRange,
 } from "@iommufd/hw";
 import { ErrnoError, type ErrnoName, check } from "@iommufd/kit";
-import { HwCapabilities, HwInfoType, HwptDataType, HwptInvalidateDataType, PgfaultPerm, VeventqType, ViommuType } from "@iommufd/proto/iommufd";
+import { HwCapabilities, HwInfoType, HwptDataType, HwptInvalidateDataType, PgfaultPerm, VeventqType, ViommuType, HwptAllocFlags } from "@iommufd/proto/iommufd";
 import type { IovaRange, Prot } from "../iopt/io-pagetable.js";
 import type { HostMemory } from "../mm/phys.js";
 import type {
@@ -391,6 +391,8 @@ class SmmuV3Driver implements SmmuV3HostDriver {
       maxPasidLog2: f.ssidBits,
       viommuType: nesting ? ViommuType.ARM_SMMUV3 : 0,
       nestedDataType: nesting ? HwptDataType.ARM_SMMUV3 : 0,
+      // arm_vsmmu_alloc_domain_nested refuses anything but FAULT_ID_VALID
+      nestedFlags: HwptAllocFlags.FAULT_ID_VALID,
       hwptInvalidateType: -1,
       viommuInvalidateType: nesting ? HwptInvalidateDataType.ARM_SMMUV3 : -1,
       veventqType: nesting ? VeventqType.ARM_SMMUV3 : 0,

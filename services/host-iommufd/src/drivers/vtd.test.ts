@@ -162,7 +162,7 @@ describe("VT-d driver: bring-up and GET_HW_INFO", () => {
     expect(v.readReg(0x20) & ~0xfffn).not.toBe(0n); // RTADDR: a root table
     expect((v.readReg(0x20) >> 10n) & 3n).toBe(1n); // TTM = scalable
     expect(v.readReg(0x90) & (1n << 11n)).toBe(1n << 11n); // IQA.DW: 256-bit descriptors
-    expect(r.drv.caps).toMatchObject({ dirtyTracking: true, nesting: true, maxPasidLog2: 20, viommuType: 0, nestedDataType: 1, hwptInvalidateType: 0, viommuInvalidateType: -1, veventqType: 0, pgsizeMin: 4096n });
+    expect(r.drv.caps).toMatchObject({ dirtyTracking: true, nesting: true, maxPasidLog2: 20, viommuType: 0, nestedDataType: 1, nestedFlags: 12, hwptInvalidateType: 0, viommuInvalidateType: -1, veventqType: 0, pgsizeMin: 4096n });
     expect(r.drv.caps.aperture).toEqual({ start: 0n, last: (1n << 48n) - 1n }); // HAW = the 48-bit host memory
 
     const plain = r.device(0x0100);

@@ -90,7 +90,7 @@ import {
   wordsToBytes,
 } from "@iommufd/hw";
 import { check, ErrnoError, type ErrnoName } from "@iommufd/kit";
-import { HwCapabilities, HwInfoType, HwptDataType, HwptInvalidateDataType, HwptVtdS1Flags, HwptVtdS1InvalidateFlags } from "@iommufd/proto/iommufd";
+import { HwCapabilities, HwInfoType, HwptDataType, HwptInvalidateDataType, HwptVtdS1Flags, HwptVtdS1InvalidateFlags, HwptAllocFlags } from "@iommufd/proto/iommufd";
 import type { IovaRange, Prot } from "../iopt/io-pagetable.js";
 import type {
   AtsResult,
@@ -419,6 +419,8 @@ export class VtdDriver implements IommuDriver {
       maxPasidLog2: u.pasid ? u.pss + 1 : 0,
       viommuType: 0,
       nestedDataType: u.nest ? HwptDataType.VTD_S1 : 0,
+      // intel_iommu_domain_alloc_nested takes PASID (and the core's FAULT_ID_VALID)
+      nestedFlags: HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID,
       hwptInvalidateType: u.nest ? HwptInvalidateDataType.VTD_S1 : -1,
       viommuInvalidateType: -1,
       veventqType: 0,

@@ -11,7 +11,7 @@ import { IommufdObject } from "../core/object.js";
 import type { PciSlot } from "../core/pci.js";
 import type { Session } from "../core/session.js";
 import type { PciDevice } from "../drivers/ops.js";
-import { type Hwpt, type HwptNested, HwptPaging, allocPagingHwpt } from "./hw-pagetable.js";
+import { type Hwpt, HwptPaging, allocPagingHwpt } from "./hw-pagetable.js";
 import type { Ioas } from "./ioas.js";
 import type { Vdevice } from "./viommu.js";
 
@@ -133,9 +133,7 @@ async function attach(ucmd: Ucmd, device: Device, pasid: number, ptId: number): 
   if (hwpt.driver !== dev.iommu) throw new ErrnoError("EINVAL", "the HWPT belongs to another IOMMU instance");
   if (pasid !== NO_PASID && !hwpt.pasidCompat) throw new ErrnoError("EINVAL", "the HWPT was not allocated with HWPT_ALLOC_PASID");
   checkRidRules(device, pasid, hwpt);
-  if (hwpt.type === "HWPT_NESTED" && (hwpt as HwptNested).viommu && device.vdevice?.viommu !== (hwpt as HwptNested).viommu) {
-    throw new ErrnoError("ENOENT", "the device has no vDEVICE on the HWPT's vIOMMU");
-  }
+  // A nested HWPT of a vIOMMU needs the device's vDEVICE only for a translating vSTE: the driver checks (ENOENT).
   if (hwpt.type === "HWPT_PAGING" && hwpt.domain.flags.dirtyTracking && !dev.iommu.caps.dirtyTracking) {
     throw new ErrnoError("EINVAL", "the device's IOMMU has no dirty tracking");
   }

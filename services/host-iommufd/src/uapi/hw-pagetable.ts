@@ -160,6 +160,7 @@ export const hwptHandlers: UcmdTable<typeof Iommufd> = {
     if (parent.driver !== dev.iommu) throw new ErrnoError("EINVAL", "the parent belongs to another IOMMU");
     if (req.dataType !== dev.iommu.caps.nestedDataType) throw new ErrnoError("EOPNOTSUPP", `data_type ${req.dataType} is not this IOMMU's`);
     const pasid = (req.flags & HwptAllocFlags.PASID) !== 0;
+    if (req.flags & ~dev.iommu.caps.nestedFlags) throw new ErrnoError("EOPNOTSUPP", `this IOMMU's nested domains do not take flags 0x${req.flags.toString(16)}`);
     if (pasid && dev.iommu.caps.maxPasidLog2 === 0) throw new ErrnoError("EOPNOTSUPP", "the IOMMU has no PASID support");
     const data = userBuffer(hwptDataBytes(req), req.dataLen);
     const fault = faultOf();
@@ -212,6 +213,8 @@ export const hwptHandlers: UcmdTable<typeof Iommufd> = {
       const obj = session.objects.get(req.hwptId);
       let invalidate: (dataType: number, entries: Uint8Array[]) => Promise<number>;
       let expected: number;
+      // A vIOMMU driver copies the whole user array before handling any entry; a nested domain's goes entry by entry.
+      let wholeArray = false;
       if (obj.type === "HWPT_NESTED") {
         const h = obj as HwptNested;
         if (!h.domain.invalidate) throw new ErrnoError("EOPNOTSUPP", "this nested HWPT has no cache invalidation");
@@ -221,14 +224,16 @@ export const hwptHandlers: UcmdTable<typeof Iommufd> = {
         const v = obj as Viommu;
         invalidate = v.hw.invalidate.bind(v.hw);
         expected = v.driver.caps.viommuInvalidateType;
+        wholeArray = true;
       } else {
         throw new ErrnoError("EINVAL", `hwpt_id ${req.hwptId} is a ${obj.type}`);
       }
       if (req.dataType !== expected) throw new ErrnoError("EINVAL", `data_type ${req.dataType} is not supported here`);
-      if (req.entryNum === 0) return { entryNum: 0 };
+      if (req.entryNum === 0 && !wholeArray) return { entryNum: 0 };
       // The user array: entry_num entries of entry_len bytes; reading past what was sent faults.
       const flat = concat(req.entries.map(invalidateEntryBytes));
-      const avail = Math.min(req.entryNum, Math.floor(flat.length / req.entryLen));
+      const avail = req.entryLen === 0 ? 0 : Math.min(req.entryNum, Math.floor(flat.length / req.entryLen));
+      if (wholeArray && avail < req.entryNum) throw new ErrnoError("EFAULT", `the array of ${req.entryNum} entries reaches past the entries given`);
       const entries = Array.from({ length: avail }, (_, i) => flat.subarray(i * req.entryLen, (i + 1) * req.entryLen));
       handled = await invalidate(req.dataType, entries);
       if (avail < req.entryNum) throw new ErrnoError("EFAULT", `entry ${avail} reaches past the entries given`);
