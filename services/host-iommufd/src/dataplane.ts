@@ -98,6 +98,12 @@ export class Dataplane {
     memOps: 0,
   };
   readonly epoch = BigInt(Date.now());
+  /**
+   * Devices that failed to complete an ATC invalidation: their ATC may hold
+   * stale translations, so their translated accesses and ATS requests are
+   * refused (UR) until they register again.
+   */
+  readonly atsQuarantine = new Set<number>();
   private readonly subs: Subscription[] = [];
   private priSeq = new Map<number, bigint>();
   private atcSeq = 0n;
@@ -140,6 +146,8 @@ export class Dataplane {
       });
     } catch (e) {
       this.counters.atcTimeouts++;
+      this.atsQuarantine.add(req.rid);
+      this.host.log.error({ rid: `0x${req.rid.toString(16)}`, err: String(e) }, "ATC invalidation not completed: ATS disabled for the device until it registers again");
       throw e instanceof ErrnoError && e.errno === "ENOTCONN" ? new ErrnoError("ETIMEDOUT", `device 0x${req.rid.toString(16)} did not complete the ATC invalidation`) : e;
     }
   }
@@ -184,6 +192,7 @@ export class Dataplane {
       pci.unplug(req.rid);
     }
     if (req.maxPasidLog2 > iommu.caps.maxPasidLog2) throw new ErrnoError("EINVAL", `PASID width ${req.maxPasidLog2} exceeds the IOMMU's ${iommu.caps.maxPasidLog2}`);
+    this.atsQuarantine.delete(req.rid);
     pci.plug(
       {
         rid: req.rid,
@@ -204,7 +213,8 @@ export class Dataplane {
       seq: req.seq,
       rid: req.rid,
       iommuId: iommu.id,
-      stu: 12,
+      // PCIe ATS STU: 2^stu × 4 KiB; the IOMMUs translate 4 KiB pages.
+      stu: 0,
       priOutstandingAllocation: req.pri ? Math.min(req.priOutstandingCapacity || 32, 256) : 0,
       maxBatch: Math.min(req.maxBatch || 256, 1024),
       hostEpoch: this.epoch,
@@ -229,7 +239,7 @@ export class Dataplane {
         let pa: bigint;
         let chunk = Math.min(length - done, Number(PAGE - (addr & (PAGE - 1n))));
         if (op.at === PcieAddressType.TRANSLATED) {
-          if (!dev.iommu.translatedAllowed(dev)) return { status: DmaStatus.UR, data: out.subarray(0, done), done };
+          if (!dev.iommu.translatedAllowed(dev) || this.atsQuarantine.has(dev.rid)) return { status: DmaStatus.UR, data: out.subarray(0, done), done };
           pa = addr;
         } else if (op.at === PcieAddressType.UNTRANSLATED) {
           const t = dev.iommu.translate(dev, pasid, addr, access);
@@ -276,7 +286,7 @@ export class Dataplane {
   ats(dev: PciDevice, req: { seq: bigint; requests: { addr: bigint; pasid: number; pasidValid: boolean; noWrite: boolean; priv: boolean; exec: boolean }[] }) {
     const completions = req.requests.map((r) => {
       this.counters.atsRequests++;
-      if (!dev.ats) return { status: AtsCompletionStatus.UR };
+      if (!dev.ats || this.atsQuarantine.has(dev.rid)) return { status: AtsCompletionStatus.UR };
       const a = dev.iommu.atsTranslate(dev, r.pasidValid ? r.pasid : undefined, r.addr, { kind: r.noWrite ? "read" : "write", privileged: r.priv });
       return {
         status: a.status === "success" ? AtsCompletionStatus.SUCCESS : a.status === "ur" ? AtsCompletionStatus.UR : AtsCompletionStatus.CA,
