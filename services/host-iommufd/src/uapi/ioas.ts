@@ -1,7 +1,7 @@
 // IOAS: an IOVA → memory map (the kernel's ioas.c). The object owns its
 // io_pagetable; the handlers check inputs in the kernel's order
 // (reference/iommufd-uapi.md §3.2–3.9) and leave the IOVA rules to iopt.
-import { check, ErrnoError } from "@iommufd/kit";
+import { check, ErrnoError, type Logger } from "@iommufd/kit";
 import { IoasMapFlags, type Iommufd, OptionId, OptionOps } from "@iommufd/proto/iommufd";
 import type { Ucmd, UcmdTable } from "../core/dispatch.js";
 import { IommufdObject } from "../core/object.js";
