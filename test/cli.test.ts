@@ -39,6 +39,7 @@ describe("cli --help", () => {
   it("every command has a description and help for each option", () => {
     const cmds = allCommands(buildProgram());
     expect(cmds.map(([n]) => n)).toEqual([
+      "demo",
       "up",
       "down",
       "status",
@@ -70,7 +71,7 @@ describe("cli --help", () => {
   it("prints help from the real entry point, for the program and for a subcommand", async () => {
     const top = await cli("--help");
     expect(top.code).toBe(0);
-    for (const c of ["up", "down", "status", "proc", "fault", "compose", "walk"]) expect(top.stdout).toContain(`  ${c}`);
+    for (const c of ["demo", "up", "down", "status", "proc", "fault", "compose", "walk"]) expect(top.stdout).toContain(`  ${c}`);
     const bad = await cli("fault", "set", "host");
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/required option/);

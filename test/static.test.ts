@@ -21,13 +21,13 @@ async function exitOf(cmd: string, args: string[]): Promise<{ code: number; out:
 }
 
 describe("static checks", () => {
-  it("buf lint is clean", async () => {
+  it("buf lint is clean", { timeout: 120_000 }, async () => {
     const r = await exitOf(bin("buf"), ["lint"]);
     expect(r.out).toBe("");
     expect(r.code).toBe(0);
   });
 
-  it("eslint is clean", async () => {
+  it("eslint is clean", { timeout: 240_000 }, async () => {
     const r = await exitOf(bin("eslint"), ["--max-warnings=0", "."]);
     expect(r.code, r.out).toBe(0);
   });

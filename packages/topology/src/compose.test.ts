@@ -63,7 +63,7 @@ describe("deploy/ from the default description", () => {
       expect(s.build).toEqual({ context: "..", dockerfile: "deploy/Dockerfile" });
     }
     const guest = doc.services["vm-vtd"] as Service;
-    expect(guest.command).toEqual(expect.arrayContaining(["--vendor", "vtd", "--host-grpc", "host:50051", "--assign", "devsim0/nvme0"]));
+    expect(guest.command).toEqual(expect.arrayContaining(["--vendor", "vtd", "--host", "host:50051", "--device", "name=devsim0/nvme0,vid=0x20,devsim=devsim0:50061"]));
     expect(doc.services.host?.command).toEqual(expect.arrayContaining(["--iommu", "smmu0=smmuv3", "--iommu", "dmar0=vtd"]));
   });
 

@@ -14,8 +14,10 @@
 //                     PASID Width), ats=1 + atc (ATC entries), pri=1 + prq
 //                     (Outstanding Page Request Capacity)
 //   guest-viommu    --vendor <smmuv3|vtd> --memory <bytes>
-//                   --host-grpc <host:port>         the host's gRPC address
-//                   --assign <device-sim>/<endpoint> one per assigned device
+//                   --host <host:port>              the host's gRPC address
+//                   --device name=<device-sim>/<endpoint>,vid=<virtual ID>,devsim=<host:port>
+//                                                   one per assigned device; the virtual
+//                                                   SID/RID is the endpoint's RID
 import type { DeviceSimSpec, Endpoint, GuestSpec, HostSpec, ProcessSpecOf, Topology } from "./schema.js";
 import { formatRid } from "./schema.js";
 
@@ -94,8 +96,12 @@ export function mappedFlags(p: ProcessPlan, ctx: PlanContext, t: Topology): [str
       break;
     case "guest-viommu": {
       const g = s as GuestSpec;
-      flags.push(["--vendor", g.vendor], ["--memory", String(g.memoryBytes)], ["--host-grpc", ctx.grpcAddress(t.host.name)]);
-      for (const d of g.devices) flags.push(["--assign", d]);
+      flags.push(["--vendor", g.vendor], ["--memory", String(g.memoryBytes)], ["--host", ctx.grpcAddress(t.host.name)]);
+      for (const ref of g.devices) {
+        const [sim, ep] = ref.split("/");
+        const rid = t.devices.find((d) => d.name === sim)?.endpoints.find((e) => e.name === ep)?.rid ?? 0;
+        flags.push(["--device", `name=${ref},vid=0x${rid.toString(16)},devsim=${ctx.grpcAddress(sim as string)}`]);
+      }
       break;
     }
   }

@@ -206,8 +206,8 @@ describe("processes and flags", () => {
     expect(mappedFlags(guest!, ctx, t).slice(5)).toEqual([
       ["--vendor", "smmuv3"],
       ["--memory", String(1n << 30n)],
-      ["--host-grpc", "host:50051"],
-      ["--assign", "devsim0/nic0"],
+      ["--host", "host:50051"],
+      ["--device", "name=devsim0/nic0,vid=0x18,devsim=devsim0:50051"],
     ]);
     const lab = parseTopology(GOOD);
     const { args, skipped } = processArgs(planProcesses(lab)[0]!, ctx, lab, (f) => f !== "--iommu");

@@ -1,6 +1,7 @@
 // The command tree of the iommufd-nested-emu CLI (main.ts runs it).
 import { Command } from "commander";
 import { composeCommand } from "./commands/compose.js";
+import { demoCommand } from "./commands/demo.js";
 import { downCommand } from "./commands/down.js";
 import { faultCommand } from "./commands/fault.js";
 import { procCommand } from "./commands/proc.js";
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
 Topology: one YAML description (see packages/topology/src/default.ts for the format) drives
 both \`up\` (local processes) and \`compose\` (deploy/compose.yaml, deploy/Dockerfile).`,
     );
+  demoCommand(program);
   upCommand(program);
   downCommand(program);
   statusCommand(program);
