@@ -94,6 +94,8 @@ export function buildService<S extends DescService>(
         const session = host.sessionOf(ctx.metadata);
         return session.serialize(async () => {
           session.calls++;
+          // Any call shows the client is alive: the lease runs from the end of its last call.
+          session.renew();
           const ucmd = new Ucmd(session, host, ctx.log.child({ session: session.id }));
           try {
             const out = await fn(req, ucmd);
@@ -102,6 +104,8 @@ export function buildService<S extends DescService>(
           } catch (e) {
             ucmd.abort();
             throw e;
+          } finally {
+            session.renew();
           }
         });
       };
