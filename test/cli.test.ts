@@ -54,6 +54,8 @@ describe("cli --help", () => {
       "fault clear",
       "compose",
       "walk",
+      "explain",
+      "events",
     ]);
     for (const [name, c] of cmds) {
       expect(c.description(), name).not.toBe("");
@@ -71,7 +73,7 @@ describe("cli --help", () => {
   it("prints help from the real entry point, for the program and for a subcommand", async () => {
     const top = await cli("--help");
     expect(top.code).toBe(0);
-    for (const c of ["demo", "up", "down", "status", "proc", "fault", "compose", "walk"]) expect(top.stdout).toContain(`  ${c}`);
+    for (const c of ["demo", "up", "down", "status", "proc", "fault", "compose", "walk", "explain", "events"]) expect(top.stdout).toContain(`  ${c}`);
     const bad = await cli("fault", "set", "host");
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/required option/);

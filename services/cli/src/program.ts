@@ -3,6 +3,8 @@ import { Command } from "commander";
 import { composeCommand } from "./commands/compose.js";
 import { demoCommand } from "./commands/demo.js";
 import { downCommand } from "./commands/down.js";
+import { eventsCommand } from "./commands/events.js";
+import { explainCommand } from "./commands/explain.js";
 import { faultCommand } from "./commands/fault.js";
 import { procCommand } from "./commands/proc.js";
 import { statusCommand } from "./commands/status.js";
@@ -29,6 +31,8 @@ both \`up\` (local processes) and \`compose\` (deploy/compose.yaml, deploy/Docke
   faultCommand(program);
   composeCommand(program);
   walkCommand(program);
+  explainCommand(program);
+  eventsCommand(program);
   return program;
 }
 
