@@ -22,6 +22,7 @@
 //     VT-d, so DMA faults on nested translations do not reach the guest.
 //
 // Spec: VT-d 3.x §6.5, §7.2, §7.5, §9, §10/§11; reference/hw-formats.md §2.
+import type { VtdCapabilities } from "@iommufd/hw";
 import {
   CC_GRAN,
   ECAP_FIELDS,
@@ -144,7 +145,8 @@ export class VVtd extends FrontEnd {
     this.pasidBits = Math.min(20, maxPasid);
     const anyAts = ctx.devices.some((d) => d.ats);
     const anyPri = ctx.devices.some((d) => d.pri);
-    this.cap = capRegister({
+    // What the virtual unit advertises; CAP and ECAP are both derived from it.
+    const caps: VtdCapabilities = {
       haw: opts.haw ?? 48,
       sagawLevels: [4],
       nfr: NFR,
@@ -166,32 +168,9 @@ export class VVtd extends FrontEnd {
       mamv: 18,
       froOffset: FRO,
       iroOffset: 0x500,
-    });
-    const e = [
-      ecapRegister({
-        haw: 48,
-        sagawLevels: [4],
-        nfr: NFR,
-        fs1gp: false,
-        fs5lp: false,
-        sslps: 0,
-        nest: false,
-        pasid: this.pasidBits > 0,
-        pasidBits: Math.max(1, this.pasidBits),
-        prs: anyPri,
-        dt: anyAts,
-        ers: false,
-        srs: true,
-        eafs: false,
-        nwfs: false,
-        ssads: false,
-        pds: false,
-        rps: false,
-        mamv: 18,
-        froOffset: FRO,
-        iroOffset: 0x500,
-      }),
-    ];
+    };
+    this.cap = capRegister(caps);
+    const e = [ecapRegister(caps)];
     // First stage only: the guest's tables are nested over the host's second stage, so no second stage to offer.
     set(e, ECAP_FIELDS.SSTS, 0);
     set(e, ECAP_FIELDS.VCS, opts.vcmd === false || this.pasidBits === 0 ? 0 : 1);
