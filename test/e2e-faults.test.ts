@@ -14,7 +14,7 @@ import { DEFAULT_TOPOLOGY_YAML, Launcher, parseTopology } from "@iommufd/topolog
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 // The default topology with short guest leases, so lease expiry is quick to see.
-const YAML = DEFAULT_TOPOLOGY_YAML.replace(/(grpc_port: 5007[12])/g, "$1\n    args: [--lease-ms, \"3000\"]");
+const YAML = DEFAULT_TOPOLOGY_YAML.replace(/(grpc_port: 5007[12])/g, "$1\n    args: [--lease-ms, \"6000\"]");
 let launcher: Launcher;
 const lines: string[] = [];
 
@@ -65,6 +65,7 @@ afterAll(async () => {
 
 describe("process faults, end to end", () => {
   it("host restart: devices register again, each VM rebuilds, DMA works again", { timeout: 120_000 }, async () => {
+    await vmReady("vm-smmu");
     expect(await dmaThroughVm("vm-smmu", 0x18)).toBe(DmaStatus.OK);
     const before = (await admin().dumpObjects({})).sessions.length;
     expect(before).toBe(2);
@@ -81,17 +82,19 @@ describe("process faults, end to end", () => {
       expect(info.rebuilds).toBeGreaterThanOrEqual(1n);
     }
     expect((await admin().dumpObjects({})).sessions.length).toBe(2);
+    await vmReady("vm-smmu", 1);
     expect(await dmaThroughVm("vm-smmu", 0x18)).toBe(DmaStatus.OK);
+    await vmReady("vm-vtd", 1);
     expect(await dmaThroughVm("vm-vtd", 0x20)).toBe(DmaStatus.OK);
   });
 
-  it("guest death: the VM's lease expires and everything it owned is released", { timeout: 60_000 }, async () => {
+  it("guest death: the VM's lease expires and everything it owned is released", { timeout: 90_000 }, async () => {
     const { info } = await vmReady("vm-vtd", 1);
     const sid = info.sessionId;
-    expect((await admin().dumpObjects({ sessionIds: [sid] })).sessions[0]?.objects.length).toBeGreaterThan(0);
+    expect((await admin().dumpObjects({ sessionIds: [sid] })).sessions[0]?.objects.length ?? 0).toBeGreaterThan(0);
     await launcher.kill("vm-vtd");
-    // No KeepAlive any more: after the 3 s lease the host closes the session as closing the fd would.
-    await until("the lease to expire", async () => ((await admin().dumpObjects({})).sessions.some((s) => s.sessionId === sid) ? undefined : true), 15_000);
+    // No KeepAlive any more: after the 6 s lease the host closes the session as closing the fd would.
+    await until("the lease to expire", async () => ((await admin().dumpObjects({})).sessions.some((s) => s.sessionId === sid) ? undefined : true), 30_000);
     const inv = await admin().inventory({});
     expect(inv.devices.find((d) => d.rid === 0x20)?.boundSessionId).toBe("");
     expect(inv.devices.find((d) => d.rid === 0x18)?.boundSessionId).not.toBe("");

@@ -184,7 +184,10 @@ export class Dataplane {
 
   private register(req: { seq: bigint; rid: number; name: string; process: string; iommuId: string; maxPasidLog2: number; pasidExec: boolean; pasidPriv: boolean; ats: boolean; pri: boolean; priOutstandingCapacity: number; maxBatch: number }) {
     const pci = this.host.pci;
-    const iommu = pci.iommu(req.iommuId);
+    // No IOMMU named: the only instance, if there is exactly one (else the device must say which).
+    const only = pci.iommus.size === 1 ? [...pci.iommus.keys()][0] : undefined;
+    if (!req.iommuId && !only) throw new ErrnoError("ENODEV", `rid 0x${req.rid.toString(16)} names no IOMMU and the host has ${pci.iommus.size} instances (${[...pci.iommus.keys()].join(", ")})`);
+    const iommu = pci.iommu(req.iommuId || (only as string));
     const old = pci.findRid(req.rid);
     if (old) {
       // The same device-sim registering again (it restarted): the old function is gone, the new one replaces it.

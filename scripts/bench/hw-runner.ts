@@ -1,0 +1,280 @@
+// Hardware section runner. Not run directly: scripts/bench/hw.ts bundles this
+// file (with packages/hw) through esbuild and runs the bundle under plain
+// `node`, so the numbers are those of compiled JavaScript, not of tsx's
+// on-the-fly transform. Prints one JSON object (HwRunnerOutput) on stdout.
+//
+// Measures, in one process:
+//   - runHwBench (packages/hw/src/bench.ts): IOTLB hits, cold 1-stage and
+//     nested 4×4 walks for Arm (SMMUv3) and VT-d, with descriptor reads;
+//   - baselines for those walks in the same run: a naive walker that reads
+//     the SAME tables in the SAME SparseMemory (read64, valid bit, next-table
+//     address — no format descriptors, permissions, A/D or fault values);
+//   - an IOTLB working set larger than its capacity: hit rate against the
+//     ideal of random replacement (capacity / working set), and whether
+//     every insert at capacity evicts exactly one entry (never a flush-all).
+import {
+  Iotlb,
+  PERM_RW,
+  READ,
+  SimplePageAllocator,
+  SparseMemory,
+  type StageConfig,
+  type StageConfigResult,
+  type TranslationConfig,
+  armStage1Config,
+  armStage2Config,
+  mapRange,
+  runHwBench,
+  stage2View,
+  translate,
+  vtdFirstStageConfig,
+  vtdSecondStageConfig,
+} from "@iommufd/hw";
+
+export interface HwRunnerOptions {
+  /** "cpu": process CPU time (getrusage: user + system), so time the process waits for a CPU is not counted; "wall": performance.now. */
+  clock: "cpu" | "wall";
+  hits: number;
+  walks: number;
+  pages: number;
+  iotlbCapacity: number;
+  iotlbAccesses: number;
+}
+
+export interface NaiveRow {
+  name: string;
+  nsPerOp: number;
+  readsPerWalk: number;
+}
+
+export interface IotlbWorkingSetRow {
+  name: string;
+  capacity: number;
+  workingSet: number;
+  accesses: number;
+  hitRate: number;
+  /** Ideal hit rate of random replacement with uniform accesses: capacity / working set. */
+  idealHitRate: number;
+  inserts: number;
+  evictions: number;
+  /** Largest number of entries removed by a single insert. */
+  maxEvictionsPerInsert: number;
+  /** Smallest size seen after the cache first filled (a flush-all would show 0 or 1). */
+  minSizeAfterFull: number;
+  nsPerAccess: number;
+}
+
+export interface HwRunnerOutput {
+  rows: ReturnType<typeof runHwBench>;
+  naive: NaiveRow[];
+  iotlb: IotlbWorkingSetRow[];
+}
+
+function must(r: StageConfigResult): StageConfig {
+  if (!r.ok) throw new Error(`hw bench setup: ${r.error}`);
+  return r.stage;
+}
+
+const DATA_IPA = 0x4000_0000n;
+const VA_BASE = 0x7f12_3400_0000n;
+
+interface Scenario {
+  mem: SparseMemory;
+  cfg: TranslationConfig;
+  addrs: bigint[];
+  s1root: bigint;
+  s2root: bigint;
+  s1Tag: number;
+  s2Tag: number;
+}
+
+// The same shapes runHwBench builds (its scenario builders are internal to packages/hw).
+function nestedScenario(vendor: "arm" | "vtd", pages: number): Scenario {
+  const mem = new SparseMemory(48);
+  const halloc = new SimplePageAllocator(mem, 0x1000_0000n, 0x1000_0000n);
+  const s2root = halloc.alloc(4096) as bigint;
+  const s2 =
+    vendor === "arm"
+      ? must(armStage2Config({ granuleShift: 12, s2t0sz: 16, sl0: 2, outputBits: 48, s2ttb: s2root }))
+      : must(vtdSecondStageConfig({ aw: 2, ssptptr: s2root, haw: 48 }));
+  const r = mapRange(mem, s2, DATA_IPA, 0x1_0000_0000n, 0x400_0000n, { perms: PERM_RW }, { alloc: halloc, blocks: false });
+  if (!r.ok) throw new Error(`hw bench setup: ${r.error}`);
+  const gview = stage2View(mem, s2);
+  const galloc = new SimplePageAllocator(gview, DATA_IPA, 0x100_0000n);
+  const ttb = galloc.alloc(4096) as bigint;
+  const s1 =
+    vendor === "arm"
+      ? must(armStage1Config({ granuleShift: 12, tsz: 16, outputBits: 48, ttb }))
+      : must(vtdFirstStageConfig({ levels: 4, fsptptr: ttb, haw: 48, sre: true }));
+  const addrs: bigint[] = [];
+  for (let i = 0; i < pages; i++) {
+    const va = VA_BASE + BigInt(i) * 0x1000n;
+    const ipa = DATA_IPA + 0x100_0000n + BigInt(i % 8192) * 0x1000n;
+    const m = mapRange(gview, s1, va, ipa, 0x1000n, { perms: PERM_RW }, { alloc: galloc });
+    if (!m.ok) throw new Error(`hw bench setup: ${m.error}`);
+    addrs.push(va + 0x80n);
+  }
+  return { mem, cfg: { mode: "nested", s1, s2, s1Tag: 1, s2Tag: 1 }, addrs, s1root: s1.root, s2root: s2.root, s1Tag: 1, s2Tag: 1 };
+}
+
+function singleScenario(vendor: "arm" | "vtd", pages: number): Scenario {
+  const mem = new SparseMemory(48);
+  const alloc = new SimplePageAllocator(mem, 0x1000_0000n, 0x1000_0000n);
+  const ttb = alloc.alloc(4096) as bigint;
+  const s1 =
+    vendor === "arm"
+      ? must(armStage1Config({ granuleShift: 12, tsz: 16, outputBits: 48, ttb }))
+      : must(vtdFirstStageConfig({ levels: 4, fsptptr: ttb, haw: 48, sre: true }));
+  const addrs: bigint[] = [];
+  for (let i = 0; i < pages; i++) {
+    const va = VA_BASE + BigInt(i) * 0x1000n;
+    const m = mapRange(mem, s1, va, 0x2_0000_0000n + BigInt(i) * 0x1000n, 0x1000n, { perms: PERM_RW }, { alloc });
+    if (!m.ok) throw new Error(`hw bench setup: ${m.error}`);
+    addrs.push(va + 0x80n);
+  }
+  return { mem, cfg: { mode: "s1", s1, s1Tag: 1, s2Tag: -1 }, addrs, s1root: s1.root, s2root: 0n, s1Tag: 1, s2Tag: -1 };
+}
+
+/** Milliseconds, of the chosen clock. */
+let now: () => number = () => performance.now();
+
+function cpuNow(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+// ---- the naive baseline ---------------------------------------------------
+
+const SPLIT = new Uint32Array(2);
+const POW = [2 ** 39, 2 ** 30, 2 ** 21, 2 ** 12];
+
+/**
+ * Four levels of 9 bits over 4 KiB pages, valid = bit 0 (true of these Arm
+ * and VT-d tables alike), next address = bits [51:12]; reads through the
+ * same read64Split fast path the walker uses, on numbers. The floor the
+ * walker's format-driven code is compared with.
+ */
+function naiveWalk(mem: SparseMemory, root: number, input: number): number {
+  let table = root;
+  for (const p of POW) {
+    if (mem.read64Split?.(table + (Math.floor(input / p) % 512) * 8, SPLIT) !== undefined) return -1;
+    const lo = SPLIT[0] as number;
+    if ((lo & 1) === 0) return -1;
+    table = ((SPLIT[1] as number) & 0xfffff) * 4294967296 + (lo >>> 12) * 4096;
+  }
+  return table + (input % 4096);
+}
+
+/** Stage 1 walked with every table address (and the output) translated by a naive stage-2 walk: 24 reads. */
+function naiveNested(mem: SparseMemory, s1root: number, s2root: number, input: number): number {
+  let table = s1root;
+  for (const p of POW) {
+    const pa = naiveWalk(mem, s2root, table + (Math.floor(input / p) % 512) * 8);
+    if (pa < 0 || mem.read64Split?.(pa, SPLIT) !== undefined) return -1;
+    const lo = SPLIT[0] as number;
+    if ((lo & 1) === 0) return -1;
+    table = ((SPLIT[1] as number) & 0xfffff) * 4294967296 + (lo >>> 12) * 4096;
+  }
+  return naiveWalk(mem, s2root, table + (input % 4096));
+}
+
+function timeNaive(name: string, s: Scenario, walks: number, nested: boolean): NaiveRow {
+  const n = s.addrs.length;
+  const s1root = Number(s.s1root);
+  const s2root = Number(s.s2root);
+  const nums = s.addrs.map(Number);
+  let sink = 0;
+  const one = (a: number) => (nested ? naiveNested(s.mem, s1root, s2root, a) : naiveWalk(s.mem, s1root, a));
+  for (let i = 0; i < walks / 5; i++) sink = one(nums[i % n] as number);
+  const reads0 = s.mem.stats.reads;
+  const t0 = now();
+  for (let i = 0; i < walks; i++) sink = one(nums[i % n] as number);
+  const t1 = now();
+  if (sink < 0) throw new Error(`naive ${name}: walk failed`);
+  // Check the baseline does the same job: its output equals the real walker's.
+  const ref = translate(s.mem, s.cfg, s.addrs[0] as bigint, READ);
+  if (!ref.ok || ref.output !== BigInt(one(nums[0] as number))) throw new Error(`naive ${name}: output differs from the walker's`);
+  return { name, nsPerOp: ((t1 - t0) * 1e6) / walks, readsPerWalk: (s.mem.stats.reads - reads0) / walks };
+}
+
+// ---- IOTLB working set ------------------------------------------------------
+
+/** SplitMix32-ish PRNG, deterministic. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x9e3779b9) >>> 0;
+    let z = s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+}
+
+function workingSet(name: string, s: Scenario, capacity: number, ws: number, accesses: number, pattern: "random" | "cyclic"): IotlbWorkingSetRow {
+  const tlb = new Iotlb({ capacity });
+  const next = rng(12345);
+  const tag1 = s.s1Tag;
+  const tag2 = s.s2Tag;
+  let maxEv = 0;
+  let minSize = Number.POSITIVE_INFINITY;
+  let full = false;
+  let hits = 0;
+  const t0 = now();
+  for (let i = 0; i < accesses; i++) {
+    const a = s.addrs[pattern === "random" ? (next() as number) % ws : i % ws] as bigint;
+    if (tlb.lookup(tag1, tag2, a)) {
+      hits++;
+      continue;
+    }
+    const r = translate(s.mem, s.cfg, a, READ);
+    if (!r.ok) throw new Error(`iotlb working set: walk faulted (${r.kind})`);
+    const ev0 = tlb.stats.evictions;
+    tlb.insert(s.cfg, r);
+    const ev = tlb.stats.evictions - ev0;
+    if (ev > maxEv) maxEv = ev;
+    if (tlb.size >= capacity) full = true;
+    if (full && tlb.size < minSize) minSize = tlb.size;
+  }
+  const t1 = now();
+  return {
+    name,
+    capacity,
+    workingSet: ws,
+    accesses,
+    hitRate: hits / accesses,
+    idealHitRate: pattern === "random" ? Math.min(1, capacity / ws) : 0,
+    inserts: tlb.stats.inserts,
+    evictions: tlb.stats.evictions,
+    maxEvictionsPerInsert: maxEv,
+    minSizeAfterFull: Number.isFinite(minSize) ? minSize : 0,
+    nsPerAccess: ((t1 - t0) * 1e6) / accesses,
+  };
+}
+
+function main(): void {
+  const opts = JSON.parse(process.argv[2] ?? "{}") as Partial<HwRunnerOptions>;
+  if (opts.clock !== "wall") now = cpuNow;
+  const hits = opts.hits ?? 1_000_000;
+  const walks = opts.walks ?? 50_000;
+  const pages = opts.pages ?? 4096;
+  const rows = runHwBench(now, { hits, walks, pages });
+  const naive = [
+    timeNaive("naive walk arm s1 4K 4-level", singleScenario("arm", pages), walks, false),
+    timeNaive("naive walk vtd fs 4-level", singleScenario("vtd", pages), walks, false),
+    timeNaive("naive nested arm 4K 4x4", nestedScenario("arm", pages), walks, true),
+    timeNaive("naive nested vtd 4-level 4x4", nestedScenario("vtd", pages), walks, true),
+  ];
+  const cap = opts.iotlbCapacity ?? 1024;
+  const acc = opts.iotlbAccesses ?? 200_000;
+  const ws = nestedScenario("arm", cap * 4);
+  const iotlb = [
+    workingSet(`random over 2x capacity`, ws, cap, cap * 2, acc, "random"),
+    workingSet(`random over 4x capacity`, ws, cap, cap * 4, acc, "random"),
+    workingSet(`cyclic sweep over 2x capacity`, ws, cap, cap * 2, acc, "cyclic"),
+  ];
+  const out: HwRunnerOutput = { rows, naive, iotlb };
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+}
+
+main();
