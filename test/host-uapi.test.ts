@@ -3,6 +3,7 @@
 // errnos the kernel documents, object lifetime (EBUSY, ENOENT), automatic
 // IOVA, copy, unmap edges, nest-parent rules, PASID attach rules,
 // invalidation partial progress, vEVENTQ overflow with LOST_EVENTS.
+import { DmaOpKind, DmaStatus } from "@iommufd/proto/bus";
 import {
   HwptAllocFlags,
   HwptDataType,
@@ -406,4 +407,65 @@ describe("devices and HWPTs", () => {
     await s.io.close({ fd: f.outFaultFd });
     await s.io.destroy({ id: f.outFaultId });
   });
+
+  for (const iommu of ["smmu0", "dmar0"]) {
+    it(`${iommu}: dirty tracking — enable, DMA writes, bitmap from the hardware dirty bits, NO_CLEAR, clear`, async () => {
+      const { s, va } = await withMemory(64n);
+      const { outIoasId: ioasId } = await s.io.ioasAlloc({});
+      const dev = await testDevice(s, iommu);
+      await s.io.ioasMap({ ioasId, flags: FIXED, userVa: va, length: 16n * PAGE, iova: 0x100000n });
+      const { outHwptId: hwpt } = await s.io.hwptAlloc({ devId: dev.devId, ptId: ioasId, flags: HwptAllocFlags.DIRTY_TRACKING });
+      await s.io.deviceAttach({ devId: dev.devId, ptId: hwpt });
+      expect(await errno(s.io.hwptSetDirtyTracking({ hwptId: hwpt, flags: 2 }))).toBe("EOPNOTSUPP");
+      expect(await errno(s.io.hwptSetDirtyTracking({ hwptId: ioasId, flags: 1 }))).toBe("ENOENT");
+      await s.io.hwptSetDirtyTracking({ hwptId: hwpt, flags: 1 });
+      const bitmap = (flags = 0) => s.io.hwptGetDirtyBitmap({ hwptId: hwpt, flags, iova: 0x100000n, length: 16n * PAGE, pageSize: PAGE });
+      expect([...(await bitmap()).data]).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
+      const w = await s.admin.testDeviceDma({ rid: dev.rid, ops: [2n, 9n].map((p) => ({ kind: DmaOpKind.WRITE, addr: 0x100000n + p * PAGE + 8n, data: new Uint8Array([1]) })) });
+      expect(w.results.map((r) => r.status)).toEqual([DmaStatus.OK, DmaStatus.OK]);
+      await s.admin.testDeviceDma({ rid: dev.rid, ops: [{ kind: DmaOpKind.READ, addr: 0x100000n + 5n * PAGE, length: 8 }] });
+      const expected = [0b0000_0100, 0b0000_0010, 0, 0, 0, 0, 0, 0]; // pages 2 and 9 written, page 5 only read
+      expect([...(await bitmap(1)).data]).toEqual(expected); // NO_CLEAR
+      expect([...(await bitmap()).data]).toEqual(expected);
+      expect([...(await bitmap()).data]).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
+      expect(await errno(s.io.hwptGetDirtyBitmap({ hwptId: hwpt, iova: 0x100000n, length: 16n * PAGE, pageSize: 0n }))).toBe("EINVAL");
+      expect(await errno(s.io.hwptGetDirtyBitmap({ hwptId: hwpt, iova: 0x100800n, length: 16n * PAGE, pageSize: PAGE }))).toBe("EINVAL");
+      expect(await errno(s.io.hwptGetDirtyBitmap({ hwptId: hwpt, flags: 2, iova: 0x100000n, length: PAGE, pageSize: PAGE }))).toBe("EOPNOTSUPP");
+    });
+  }
+
+  it("vEVENTQ overflow: depth-limited queue, LOST_EVENTS marker, sequence numbers (read delivery)", async () => {
+    const { s, va } = await withMemory(64n, { delivery: "read" });
+    const { outIoasId: ioasId } = await s.io.ioasAlloc({});
+    await s.io.ioasMap({ ioasId, flags: FIXED, userVa: va, length: 64n * PAGE, iova: 0n });
+    const dev = await testDevice(s, "smmu0");
+    const { outHwptId: parent } = await s.io.hwptAlloc({ devId: dev.devId, ptId: ioasId, flags: HwptAllocFlags.NEST_PARENT });
+    const { outViommuId: viommu } = await s.io.viommuAlloc({ type: ViommuType.ARM_SMMUV3, devId: dev.devId, hwptId: parent });
+    await s.io.vdeviceAlloc({ viommuId: viommu, devId: dev.devId, virtId: 0x42n });
+    const q = await s.io.veventqAlloc({ viommuId: viommu, type: VeventqType.ARM_SMMUV3, veventqDepth: 2 });
+    // vSTE: stage-1 translate with a CD table at GPA 0x10000 that is all zeros: every DMA is C_BAD_CD (reported to the guest).
+    const ste = [1n | (0b101n << 1n) | 0x10000n, 0n];
+    const { outHwptId: nested } = await s.io.hwptAlloc({ devId: dev.devId, ptId: viommu, dataType: HwptDataType.ARM_SMMUV3, dataLen: 16, data: { case: "armSmmuv3", value: { ste } } });
+    await s.io.deviceAttach({ devId: dev.devId, ptId: nested });
+    const dma = () => s.admin.testDeviceDma({ rid: dev.rid, ops: [{ kind: DmaOpKind.READ, addr: 0x1000n, length: 8 }] });
+    for (let i = 0; i < 4; i++) expect((await dma()).results[0]?.status).not.toBe(DmaStatus.OK);
+    expect(await errno(s.io.veventqRead({ fd: q.outVeventqFd, count: 40, pos: 1n }))).toBe("ESPIPE");
+    const r = await s.io.veventqRead({ fd: q.outVeventqFd, count: 4096 });
+    // two events fit; each of the other two was dropped and (re)placed the one LOST_EVENTS marker
+    // with a fresh sequence number (§8), so the marker carries 3
+    expect(r.events.map((e) => [e.flags, e.sequence])).toEqual([
+      [0, 0],
+      [0, 1],
+      [1, 3],
+    ]);
+    expect(r.count).toBe(2 * 40 + 8);
+    const w0 = (r.events[0]?.payload.value as { evt: bigint[] }).evt[0] as bigint;
+    expect(Number(w0 & 0xffn)).toBe(0x0a); // C_BAD_CD
+    expect(w0 >> 32n).toBe(0x42n); // the virtual SID
+    // after reading, a new event follows the marker's sequence number
+    await dma();
+    const next = await s.io.veventqRead({ fd: q.outVeventqFd, count: 4096 });
+    expect(next.events.map((e) => [e.flags, e.sequence])).toEqual([[0, 4]]);
+  });
 });
+
