@@ -12,24 +12,7 @@
 //   - an IOTLB working set larger than its capacity: hit rate against the
 //     ideal of random replacement (capacity / working set), and whether
 //     every insert at capacity evicts exactly one entry (never a flush-all).
-import {
-  Iotlb,
-  PERM_RW,
-  READ,
-  SimplePageAllocator,
-  SparseMemory,
-  type StageConfig,
-  type StageConfigResult,
-  type TranslationConfig,
-  armStage1Config,
-  armStage2Config,
-  mapRange,
-  runHwBench,
-  stage2View,
-  translate,
-  vtdFirstStageConfig,
-  vtdSecondStageConfig,
-} from "@iommufd/hw";
+import { Iotlb, READ, type SparseMemory, type StageConfig, type TranslationConfig, nestedBenchScenario, runHwBench, singleBenchScenario, translate } from "@iommufd/hw";
 
 export interface HwRunnerOptions {
   /** "cpu": process CPU time (getrusage: user + system), so time the process waits for a CPU is not counted; "wall": performance.now. */
@@ -70,13 +53,6 @@ export interface HwRunnerOutput {
   iotlb: IotlbWorkingSetRow[];
 }
 
-function must(r: StageConfigResult): StageConfig {
-  if (!r.ok) throw new Error(`hw bench setup: ${r.error}`);
-  return r.stage;
-}
-
-const DATA_IPA = 0x4000_0000n;
-const VA_BASE = 0x7f12_3400_0000n;
 
 interface Scenario {
   mem: SparseMemory;
@@ -88,51 +64,11 @@ interface Scenario {
   s2Tag: number;
 }
 
-// The same shapes runHwBench builds (its scenario builders are internal to packages/hw).
-function nestedScenario(vendor: "arm" | "vtd", pages: number): Scenario {
-  const mem = new SparseMemory(48);
-  const halloc = new SimplePageAllocator(mem, 0x1000_0000n, 0x1000_0000n);
-  const s2root = halloc.alloc(4096) as bigint;
-  const s2 =
-    vendor === "arm"
-      ? must(armStage2Config({ granuleShift: 12, s2t0sz: 16, sl0: 2, outputBits: 48, s2ttb: s2root }))
-      : must(vtdSecondStageConfig({ aw: 2, ssptptr: s2root, haw: 48 }));
-  const r = mapRange(mem, s2, DATA_IPA, 0x1_0000_0000n, 0x400_0000n, { perms: PERM_RW }, { alloc: halloc, blocks: false });
-  if (!r.ok) throw new Error(`hw bench setup: ${r.error}`);
-  const gview = stage2View(mem, s2);
-  const galloc = new SimplePageAllocator(gview, DATA_IPA, 0x100_0000n);
-  const ttb = galloc.alloc(4096) as bigint;
-  const s1 =
-    vendor === "arm"
-      ? must(armStage1Config({ granuleShift: 12, tsz: 16, outputBits: 48, ttb }))
-      : must(vtdFirstStageConfig({ levels: 4, fsptptr: ttb, haw: 48, sre: true }));
-  const addrs: bigint[] = [];
-  for (let i = 0; i < pages; i++) {
-    const va = VA_BASE + BigInt(i) * 0x1000n;
-    const ipa = DATA_IPA + 0x100_0000n + BigInt(i % 8192) * 0x1000n;
-    const m = mapRange(gview, s1, va, ipa, 0x1000n, { perms: PERM_RW }, { alloc: galloc });
-    if (!m.ok) throw new Error(`hw bench setup: ${m.error}`);
-    addrs.push(va + 0x80n);
-  }
-  return { mem, cfg: { mode: "nested", s1, s2, s1Tag: 1, s2Tag: 1 }, addrs, s1root: s1.root, s2root: s2.root, s1Tag: 1, s2Tag: 1 };
-}
-
-function singleScenario(vendor: "arm" | "vtd", pages: number): Scenario {
-  const mem = new SparseMemory(48);
-  const alloc = new SimplePageAllocator(mem, 0x1000_0000n, 0x1000_0000n);
-  const ttb = alloc.alloc(4096) as bigint;
-  const s1 =
-    vendor === "arm"
-      ? must(armStage1Config({ granuleShift: 12, tsz: 16, outputBits: 48, ttb }))
-      : must(vtdFirstStageConfig({ levels: 4, fsptptr: ttb, haw: 48, sre: true }));
-  const addrs: bigint[] = [];
-  for (let i = 0; i < pages; i++) {
-    const va = VA_BASE + BigInt(i) * 0x1000n;
-    const m = mapRange(mem, s1, va, 0x2_0000_0000n + BigInt(i) * 0x1000n, 0x1000n, { perms: PERM_RW }, { alloc });
-    if (!m.ok) throw new Error(`hw bench setup: ${m.error}`);
-    addrs.push(va + 0x80n);
-  }
-  return { mem, cfg: { mode: "s1", s1, s1Tag: 1, s2Tag: -1 }, addrs, s1root: s1.root, s2root: 0n, s1Tag: 1, s2Tag: -1 };
+/** runHwBench's own scenarios, with the roots and tags the naive walker and the IOTLB working set need. */
+function scenario(kind: "single" | "nested", vendor: "arm" | "vtd", pages: number): Scenario {
+  const s = kind === "nested" ? nestedBenchScenario(vendor, pages) : singleBenchScenario(vendor, pages);
+  const cfg = s.cfg as { s1?: StageConfig; s2?: StageConfig; s1Tag: number; s2Tag: number };
+  return { ...s, s1root: cfg.s1?.root ?? 0n, s2root: cfg.s2?.root ?? 0n, s1Tag: cfg.s1Tag, s2Tag: cfg.s2Tag };
 }
 
 /** Milliseconds, of the chosen clock. */
@@ -260,14 +196,14 @@ function main(): void {
   const pages = opts.pages ?? 4096;
   const rows = runHwBench(now, { hits, walks, pages });
   const naive = [
-    timeNaive("naive walk arm s1 4K 4-level", singleScenario("arm", pages), walks, false),
-    timeNaive("naive walk vtd fs 4-level", singleScenario("vtd", pages), walks, false),
-    timeNaive("naive nested arm 4K 4x4", nestedScenario("arm", pages), walks, true),
-    timeNaive("naive nested vtd 4-level 4x4", nestedScenario("vtd", pages), walks, true),
+    timeNaive("naive walk arm s1 4K 4-level", scenario("single", "arm", pages), walks, false),
+    timeNaive("naive walk vtd fs 4-level", scenario("single", "vtd", pages), walks, false),
+    timeNaive("naive nested arm 4K 4x4", scenario("nested", "arm", pages), walks, true),
+    timeNaive("naive nested vtd 4-level 4x4", scenario("nested", "vtd", pages), walks, true),
   ];
   const cap = opts.iotlbCapacity ?? 1024;
   const acc = opts.iotlbAccesses ?? 200_000;
-  const ws = nestedScenario("arm", cap * 4);
+  const ws = scenario("nested", "arm", cap * 4);
   const iotlb = [
     workingSet(`random over 2x capacity`, ws, cap, cap * 2, acc, "random"),
     workingSet(`random over 4x capacity`, ws, cap, cap * 4, acc, "random"),

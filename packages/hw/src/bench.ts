@@ -47,14 +47,16 @@ function must(r: StageConfigResult): StageConfig {
 const DATA_IPA = 0x4000_0000n;
 const VA_BASE = 0x7f12_3400_0000n;
 
-interface Scenario {
+/** A translation setup for benchmarks: memory with the tables, the config, and mapped input addresses. */
+export interface BenchScenario {
   mem: SparseMemory;
   cfg: TranslationConfig;
   addrs: bigint[];
 }
+type Scenario = BenchScenario;
 
 /** Host memory + stage 2 (guest RAM 64 MB at IPA 0x4000_0000) + guest stage 1 mapping `pages` pages. */
-function nestedScenario(vendor: "arm" | "vtd", pages: number): Scenario {
+export function nestedBenchScenario(vendor: "arm" | "vtd", pages: number): BenchScenario {
   const mem = new SparseMemory(48);
   const halloc = new SimplePageAllocator(mem, 0x1000_0000n, 0x1000_0000n);
   const s2root = halloc.alloc(4096) as bigint;
@@ -84,7 +86,7 @@ function nestedScenario(vendor: "arm" | "vtd", pages: number): Scenario {
 }
 
 /** Single-stage variant: the same stage 1 built directly in host memory. */
-function singleScenario(vendor: "arm" | "vtd", pages: number): Scenario {
+export function singleBenchScenario(vendor: "arm" | "vtd", pages: number): BenchScenario {
   const mem = new SparseMemory(48);
   const alloc = new SimplePageAllocator(mem, 0x1000_0000n, 0x1000_0000n);
   const ttb = alloc.alloc(4096) as bigint;
@@ -126,7 +128,7 @@ export function runHwBench(now: () => number, opts: HwBenchOptions = {}): HwBenc
   const rows: HwBenchRow[] = [];
 
   // IOTLB hits: fill from real nested walks, then look up round-robin.
-  const arm = nestedScenario("arm", pages);
+  const arm = nestedBenchScenario("arm", pages);
   const iotlb = new Iotlb({ capacity: Math.max(4096, pages) });
   for (const a of arm.addrs) {
     const r = translate(arm.mem, arm.cfg, a, READ);
@@ -160,9 +162,9 @@ export function runHwBench(now: () => number, opts: HwBenchOptions = {}): HwBenc
   rows.push({ name: "reference: Map<number>.get hit", nsPerOp: ((t1 - t0) * 1e6) / hits, readsPerWalk: 0, ops: acc >= 0 ? hits : 0 });
 
   const warm = Math.floor(walks * warmFrac);
-  rows.push(timeWalks("walk arm s1 4K 4-level (cold)", singleScenario("arm", pages), walks, warm, now));
-  rows.push(timeWalks("walk vtd fs 4-level (cold)", singleScenario("vtd", pages), walks, warm, now));
+  rows.push(timeWalks("walk arm s1 4K 4-level (cold)", singleBenchScenario("arm", pages), walks, warm, now));
+  rows.push(timeWalks("walk vtd fs 4-level (cold)", singleBenchScenario("vtd", pages), walks, warm, now));
   rows.push(timeWalks("nested arm 4K 4x4 (cold)", arm, walks, warm, now));
-  rows.push(timeWalks("nested vtd 4-level 4x4 (cold)", nestedScenario("vtd", pages), walks, warm, now));
+  rows.push(timeWalks("nested vtd 4-level 4x4 (cold)", nestedBenchScenario("vtd", pages), walks, warm, now));
   return rows;
 }
