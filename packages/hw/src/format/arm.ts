@@ -20,9 +20,7 @@ import {
   type StageConfig,
   type StageConfigResult,
 } from "../translation.js";
-import { addrFromWords as addrFromWordsImported, WordFormat } from "./common.js";
-
-const addrFromWords = addrFromWordsImported;
+import { addrFromWords, WordFormat } from "./common.js";
 
 /** Descriptor fields common to both stages (bit positions, Arm ARM D8.3). */
 export const ARM_DESC = {

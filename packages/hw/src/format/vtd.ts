@@ -27,9 +27,7 @@ import {
   type StageConfig,
   type StageConfigResult,
 } from "../translation.js";
-import { addrFromWords as addrFromWordsImported, WordFormat } from "./common.js";
-
-const addrFromWords = addrFromWordsImported;
+import { addrFromWords, WordFormat } from "./common.js";
 
 /** First-stage entry fields (bit positions). */
 export const VTD_FS = {

@@ -93,7 +93,6 @@ export function buildService<S extends DescService>(
       impl[m.localName] = (req: unknown, ctx: CallContext) => {
         const session = host.sessionOf(ctx.metadata);
         return session.serialize(async () => {
-          session.calls++;
           // Any call shows the client is alive: the lease runs from the end of its last call.
           session.renew();
           const ucmd = new Ucmd(session, host, ctx.log.child({ session: session.id }));

@@ -34,8 +34,6 @@ export class Session {
   closed = false;
   readonly openedAt = Date.now();
   private lock: Promise<unknown> = Promise.resolve();
-  /** RPCs served, for the admin dump. */
-  calls = 0;
 
   constructor(
     readonly id: string,

@@ -63,7 +63,8 @@ export class Fault extends IommufdObject {
   }
 
   /** The sink a HWPT allocated with FAULT_ID_VALID hands to its driver. */
-  sink(session: Session): IopfSink {
+  sink(): IopfSink {
+    const session = this.session;
     return {
       pageRequest: (req) => {
         const device = session.objects.objects().find((o) => o.type === "DEVICE" && (o as Device).dev === req.dev) as Device | undefined;

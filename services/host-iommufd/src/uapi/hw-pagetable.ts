@@ -111,7 +111,7 @@ const NESTED_FLAGS = HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID;
 /** Allocate a paging domain for `dev` on `ioas` and wrap it (auto domains come from DeviceAttach). */
 export function allocPagingHwpt(ucmd: Ucmd, dev: PciDevice, ioas: Ioas, flags: PagingFlags, auto: boolean, fault?: Fault): HwptPaging {
   ucmd.point("hwpt_paging: domain alloc");
-  const domain = dev.iommu.allocPaging(dev, flags, { fault: fault?.sink(ucmd.session) });
+  const domain = dev.iommu.allocPaging(dev, flags, { fault: fault?.sink() });
   // From here the object owns the domain: abort() releases it (and drops the references).
   const hwpt = ucmd.alloc(new HwptPaging(ioas, domain, auto, fault));
   ucmd.point("hwpt_paging: populate");
@@ -165,7 +165,7 @@ export const hwptHandlers: UcmdTable<typeof Iommufd> = {
     const data = userBuffer(hwptDataBytes(req), req.dataLen);
     const fault = faultOf();
     ucmd.point("hwpt_nested: domain alloc");
-    const domain = dev.iommu.allocNested(dev, parent.domain, viommu?.hw, req.dataType, data, { fault: fault?.sink(ucmd.session) });
+    const domain = dev.iommu.allocNested(dev, parent.domain, viommu?.hw, req.dataType, data, { fault: fault?.sink() });
     const hwpt = ucmd.alloc(new HwptNested(parent, viommu, domain, pasid, fault));
     return { outHwptId: hwpt.id };
   },

@@ -82,16 +82,3 @@ export function userBuffer(inline: Uint8Array | undefined, len: number): Uint8Ar
   if (inline.length < len) throw new ErrnoError("EFAULT", `length ${len} reaches past the ${inline.length} bytes given`);
   return inline.subarray(0, len);
 }
-
-/**
- * iommu_copy_struct_from_user for driver data (HWPT_ALLOC, VIOMMU_ALLOC):
- * shorter than the driver's minimum or longer than its struct → EINVAL;
- * a shorter-than-struct buffer is zero-extended.
- */
-export function driverStruct(bytes: Uint8Array, minSize: number, size: number): Uint8Array {
-  if (bytes.length < minSize) throw new ErrnoError("EINVAL", `data_len ${bytes.length} is below the minimum ${minSize}`);
-  if (bytes.length > size) throw new ErrnoError("EINVAL", `data_len ${bytes.length} is above the struct size ${size}`);
-  const out = new Uint8Array(size);
-  out.set(bytes);
-  return out;
-}
