@@ -7,7 +7,7 @@ import cliProgress from "cli-progress";
 export type SectionId = "hardware" | "uapi" | "dma" | "invalidation" | "scale";
 
 export const SECTION_TITLES: Record<SectionId, string> = {
-  hardware: "1. hardware (packages/hw bundled by esbuild, plain node; ns of process CPU time, median of 5 runs)",
+  hardware: "1. hardware (packages/hw bundled by esbuild, plain node; ns/op of the fastest of 20 batches, median of 5 runs)",
   uapi: "2. uAPI latency (real host-iommufd over gRPC) vs raw grpc-js echo",
   dma: "3. DMA through the real host (device-sim over NATS) vs raw NATS",
   invalidation: "4. invalidation round trip and vEVENTQ delivery",

@@ -12,11 +12,9 @@
 //   - an IOTLB working set larger than its capacity: hit rate against the
 //     ideal of random replacement (capacity / working set), and whether
 //     every insert at capacity evicts exactly one entry (never a flush-all).
-import { Iotlb, READ, type SparseMemory, type StageConfig, type TranslationConfig, nestedBenchScenario, runHwBench, singleBenchScenario, translate } from "@iommufd/hw";
+import { Iotlb, READ, type SparseMemory, type StageConfig, type TranslationConfig, nestedBenchScenario, runHwBench, singleBenchScenario, timeBatches, translate } from "@iommufd/hw";
 
 export interface HwRunnerOptions {
-  /** "cpu": process CPU time (getrusage: user + system), so time the process waits for a CPU is not counted; "wall": performance.now. */
-  clock: "cpu" | "wall";
   hits: number;
   walks: number;
   pages: number;
@@ -71,13 +69,8 @@ function scenario(kind: "single" | "nested", vendor: "arm" | "vtd", pages: numbe
   return { ...s, s1root: cfg.s1?.root ?? 0n, s2root: cfg.s2?.root ?? 0n, s1Tag: cfg.s1Tag, s2Tag: cfg.s2Tag };
 }
 
-/** Milliseconds, of the chosen clock. */
-let now: () => number = () => performance.now();
-
-function cpuNow(): number {
-  const u = process.cpuUsage();
-  return (u.user + u.system) / 1000;
-}
+/** Milliseconds, wall clock: every figure is the fastest of several batches, which interference cannot make faster. */
+const now = () => performance.now();
 
 // ---- the naive baseline ---------------------------------------------------
 
@@ -121,16 +114,16 @@ function timeNaive(name: string, s: Scenario, walks: number, nested: boolean): N
   const nums = s.addrs.map(Number);
   let sink = 0;
   const one = (a: number) => (nested ? naiveNested(s.mem, s1root, s2root, a) : naiveWalk(s.mem, s1root, a));
-  for (let i = 0; i < walks / 5; i++) sink = one(nums[i % n] as number);
   const reads0 = s.mem.stats.reads;
-  const t0 = now();
-  for (let i = 0; i < walks; i++) sink = one(nums[i % n] as number);
-  const t1 = now();
+  const t = timeBatches(now, walks, Math.floor(walks / 5), 20, (from, count) => {
+    for (let i = 0, j = from % n; i < count; i++, j = j + 1 === n ? 0 : j + 1) sink = one(nums[j] as number);
+  });
+  const walked = Math.floor(walks / 5) + Math.max(1, Math.floor(walks / 20)) * 20;
   if (sink < 0) throw new Error(`naive ${name}: walk failed`);
   // Check the baseline does the same job: its output equals the real walker's.
   const ref = translate(s.mem, s.cfg, s.addrs[0] as bigint, READ);
   if (!ref.ok || ref.output !== BigInt(one(nums[0] as number))) throw new Error(`naive ${name}: output differs from the walker's`);
-  return { name, nsPerOp: ((t1 - t0) * 1e6) / walks, readsPerWalk: (s.mem.stats.reads - reads0) / walks };
+  return { name, nsPerOp: t.min, readsPerWalk: (s.mem.stats.reads - reads0) / walked };
 }
 
 // ---- IOTLB working set ------------------------------------------------------
@@ -190,7 +183,6 @@ function workingSet(name: string, s: Scenario, capacity: number, ws: number, acc
 
 function main(): void {
   const opts = JSON.parse(process.argv[2] ?? "{}") as Partial<HwRunnerOptions>;
-  if (opts.clock !== "wall") now = cpuNow;
   const hits = opts.hits ?? 1_000_000;
   const walks = opts.walks ?? 50_000;
   const pages = opts.pages ?? 4096;

@@ -90,7 +90,6 @@ export async function main(argv: string[]): Promise<number> {
     const repeats = q ? 1 : 5;
     const p = new Progress("hardware", repeats);
     const hw = await hardwareSection(p, repeats, {
-      clock: "cpu",
       hits: q ? 100_000 : 300_000,
       walks: q ? 5_000 : 20_000,
       pages: 4096,

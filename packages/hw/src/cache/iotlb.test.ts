@@ -135,11 +135,11 @@ describe("IOTLB permissions on hits (§5.4)", () => {
   });
 });
 
-describe("IOTLB capacity: LRU eviction, never flush-all", () => {
-  it("evicts exactly one least-recently-used entry per insert at capacity", () => {
+describe("IOTLB capacity: CLOCK eviction, never flush-all", () => {
+  it("evicts exactly one entry per insert at capacity, giving referenced entries a second chance", () => {
     const t = new Iotlb({ capacity: 4 });
     for (let i = 0n; i < 4n; i++) t.insertEntry(entry({ iova: i * 0x1000n }));
-    t.lookup(1, 1, 0n); // page 0 becomes most recent; page 1 is now the LRU
+    t.lookup(1, 1, 0n); // page 0 is referenced: it survives; page 1, the oldest unreferenced, goes
     t.insertEntry(entry({ iova: 0x10_0000n }));
     expect(t.size).toBe(4);
     expect(t.stats.evictions).toBe(1);
@@ -279,7 +279,8 @@ describe("IOTLB invalidation", () => {
 describe("IOTLB table integrity", () => {
   it("random inserts, lookups and invalidations agree with a reference model", () => {
     const t = new Iotlb({ capacity: 64 });
-    const ref = new Map<string, bigint>(); // key → output, LRU order = insertion order after touch
+    // Reference CLOCK: Map order = age (oldest first), with a reference bit per key.
+    const ref = new Map<string, { out: bigint; referenced: boolean }>();
     let seed = 12345;
     const rnd = (n: number) => {
       seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
@@ -294,17 +295,20 @@ describe("IOTLB table integrity", () => {
       if (op < 5) {
         const out = BigInt(step) << 12n;
         t.insertEntry(entry({ iova: page << 12n, s1Tag: s1, s2Tag: s2, output: out }));
-        ref.delete(key);
-        ref.set(key, out);
-        if (ref.size > 64) ref.delete(ref.keys().next().value as string);
+        if (!ref.delete(key) && ref.size === 64) {
+          for (;;) {
+            const [oldest, v] = ref.entries().next().value as [string, { out: bigint; referenced: boolean }];
+            ref.delete(oldest);
+            if (!v.referenced) break;
+            ref.set(oldest, { out: v.out, referenced: false });
+          }
+        }
+        ref.set(key, { out, referenced: false });
       } else if (op < 9) {
         const e = t.lookup(s1, s2, page << 12n);
         const want = ref.get(key);
-        expect(e?.output).toBe(want);
-        if (want !== undefined) {
-          ref.delete(key);
-          ref.set(key, want);
-        }
+        expect(e?.output).toBe(want?.out);
+        if (want) want.referenced = true;
       } else {
         t.invalidateS1Tag(s1, s2);
         for (const k of [...ref.keys()]) if (k.startsWith(`${s1}/${s2}/`)) ref.delete(k);

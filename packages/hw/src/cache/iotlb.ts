@@ -9,12 +9,15 @@
 // S2-only entries (perms = parentPerms). Only leaf translations are cached
 // (no walk caches), so "leaf-only" invalidations equal plain ones here.
 //
-// Bounded with LRU eviction of ONE entry per insert at capacity (never a
-// flush-all). The hit path allocates nothing and uses no bigint arithmetic
-// for inputs below 2^53: an open-addressing hash table (linear probing,
-// backward-shift deletion, load ≤ 1/2) keyed by (tag pair, page number at the
-// entry's size split in 32-bit halves, shape code), probing the few
-// (granule, level) shapes that are present, smallest first.
+// Bounded, evicting ONE entry per insert at capacity (never a flush-all), by
+// second chance (CLOCK), the pseudo-LRU family hardware TLBs use: a hit only
+// sets the entry's reference bit; at capacity the oldest entry is evicted
+// unless referenced, in which case its bit is cleared and it moves to the
+// young end. The hit path allocates nothing, writes one field and uses no
+// bigint arithmetic for inputs below 2^53: an open-addressing hash table
+// (linear probing, backward-shift deletion, load ≤ 1/2) keyed by (tag pair,
+// page number at the entry's size split in 32-bit halves, shape code),
+// probing the few (granule, level) shapes that are present, smallest first.
 //
 // Global (Arm nG = 0) entries are stored under the ASID that walked them:
 // sharing them across ASIDs is an optimisation hardware may skip, and an
@@ -72,6 +75,8 @@ class Node implements IotlbEntry {
   next: Node | null = null;
   /** Slot in the hash table. */
   slot = -1;
+  /** CLOCK reference bit: set by a hit, cleared when the entry gets its second chance. */
+  referenced = false;
   constructor(
     readonly tagKey: number,
     /** Page number at the entry's size, low and high 32-bit halves. */
@@ -92,7 +97,15 @@ class Node implements IotlbEntry {
     readonly global: boolean,
     readonly writeNeedsWalk: boolean,
     readonly execNeedsRead: boolean,
-  ) {}
+  ) {
+    this.iovaNum = Number(iova);
+    this.outNum = Number(output);
+    this.ipaNum = ipa === undefined ? -1 : Number(ipa);
+  }
+  /** The page bases as numbers (exact: input pages below 2^53 take the number path; PAs/IPAs are below 2^52). */
+  readonly iovaNum: number;
+  readonly outNum: number;
+  readonly ipaNum: number;
 }
 
 // Local snapshot of imported bindings (module-namespace getters under tsx/vite stay off the hit path).
@@ -100,11 +113,12 @@ const allowed = permits;
 
 const TAG_SPAN = 131072; // 2^17 > 65536 + 1 (VMID16 / DID16); s1Tag up to 2^20 (PASID) keeps keys < 2^38
 const VPN_BITS = 45; // input pages of up to 57-bit addresses (VT-d 5-level, Arm TTB1 aliases stay distinct)
+const MAX_EXACT = 2 ** 53;
 
 /** 4K page number of an input address, as a number (fast for inputs below 2^53). */
 function vpnOf(iova: bigint): number {
   const n = Number(iova);
-  if (n >= 0 && n < 9007199254740992) return Math.floor(n / 4096);
+  if (n >= 0 && n < MAX_EXACT) return Math.floor(n / 4096);
   return Number(BigInt.asUintN(VPN_BITS, iova >> 12n));
 }
 
@@ -149,8 +163,8 @@ export class Iotlb {
   private readonly mask: number;
   private readonly shapes: Shape[] = [];
   private active: Shape[] = [];
-  private head: Node | null = null; // most recently used
-  private tail: Node | null = null; // least recently used
+  private head: Node | null = null; // youngest (inserted or given a second chance last)
+  private tail: Node | null = null; // oldest: the next eviction candidate
   private count = 0;
 
   constructor(opts: IotlbOptions = {}) {
@@ -173,7 +187,7 @@ export class Iotlb {
     return this.count;
   }
 
-  // ----- LRU list -----
+  // ----- age list (CLOCK order) -----
 
   private unlink(n: Node): void {
     if (n.prev) n.prev.next = n.next;
@@ -244,7 +258,7 @@ export class Iotlb {
 
   /**
    * Find the entry translating `iova` for the tags (no permission check).
-   * Counts a hit or a miss and makes the entry most recently used.
+   * Counts a hit or a miss and sets the entry's reference bit.
    */
   lookup(s1Tag: number, s2Tag: number, iova: bigint): IotlbEntry | undefined {
     return this.lookupVpn(s1Tag, s2Tag, vpnOf(iova));
@@ -258,7 +272,7 @@ export class Iotlb {
     return this.lookupVpn(s1Tag, s2Tag, Math.floor(iova / 4096));
   }
 
-  private lookupVpn(s1Tag: number, s2Tag: number, vpn: number): IotlbEntry | undefined {
+  private lookupVpn(s1Tag: number, s2Tag: number, vpn: number): Node | undefined {
     const tagKey = tagKeyOf(s1Tag, s2Tag);
     const act = this.active;
     for (let i = 0; i < act.length; i++) {
@@ -266,10 +280,7 @@ export class Iotlb {
       const pn = Math.floor(vpn / sh.div);
       const n = this.find(tagKey, pn >>> 0, Math.floor(pn / 4294967296), sh.code);
       if (n !== undefined) {
-        if (this.head !== n) {
-          this.unlink(n);
-          this.pushFront(n);
-        }
+        n.referenced = true;
         this.stats.hits++;
         return n;
       }
@@ -285,7 +296,9 @@ export class Iotlb {
    * else stage 2 (§5.4).
    */
   translate(s1Tag: number, s2Tag: number, iova: bigint, access: AccessRequest): TranslationOk | TranslationFault | undefined {
-    const e = this.lookup(s1Tag, s2Tag, iova);
+    const num = Number(iova);
+    const exact = num < MAX_EXACT;
+    const e = exact ? this.lookupVpn(s1Tag, s2Tag, Math.floor(num / 4096)) : (this.lookup(s1Tag, s2Tag, iova) as Node | undefined);
     if (e === undefined) return undefined;
     if (access.kind === "write" && e.writeNeedsWalk && access.probe !== true) {
       // Counted as a hit by lookup; correct it: the caller must walk.
@@ -293,7 +306,9 @@ export class Iotlb {
       this.stats.misses++;
       return undefined;
     }
-    const off = iova & ((1n << BigInt(e.pageShift)) - 1n);
+    // Offset in the page: number arithmetic when the input is exact as a number.
+    const off = exact ? num - e.iovaNum : Number(iova & ((1n << BigInt(e.pageShift)) - 1n));
+    const ipa = e.ipaNum < 0 ? undefined : BigInt(e.ipaNum + off);
     if (access.probe !== true) {
       const s1ok = allowed(e.perms, access, e.execNeedsRead);
       if (!s1ok || !allowed(e.parentPerms, access, e.execNeedsRead)) {
@@ -304,7 +319,7 @@ export class Iotlb {
           stage,
           level: e.level,
           input: iova,
-          ipa: stage === 2 ? (e.kind === "s2" ? iova : e.ipa !== undefined ? e.ipa + off : undefined) : undefined,
+          ipa: stage === 2 ? (e.kind === "s2" ? iova : ipa) : undefined,
           cls: "IN",
           access: access.kind,
           privileged: access.privileged,
@@ -315,8 +330,8 @@ export class Iotlb {
     return {
       ok: true,
       input: iova,
-      output: e.output + off,
-      ipa: e.ipa !== undefined ? e.ipa + off : undefined,
+      output: BigInt(e.outNum + off),
+      ipa,
       pageShift: e.pageShift,
       level: e.level,
       perms: e.perms & e.parentPerms,
@@ -328,8 +343,8 @@ export class Iotlb {
 
   /**
    * Cache a walk result for `cfg` (modes s1, s2, nested; bypass/abort are not
-   * cached). Returns the entry. At capacity the least recently used entry is
-   * evicted (one entry, never a flush).
+   * cached). Returns the entry. At capacity one entry is evicted (CLOCK, see
+   * the file header; never a flush).
    */
   insert(cfg: TranslationConfig, r: TranslationOk): IotlbEntry | undefined {
     if (cfg.mode === "abort" || cfg.mode === "bypass") return undefined;
@@ -399,10 +414,7 @@ export class Iotlb {
     const pnHi = Math.floor(pn / 4294967296);
     const old = this.find(tagKey, pnLo, pnHi, shape);
     if (old) this.remove(old);
-    else if (this.count >= this.capacity && this.tail) {
-      this.remove(this.tail);
-      this.stats.evictions++;
-    }
+    else if (this.count >= this.capacity) this.evictOne();
     const n = new Node(
       tagKey,
       pnLo,
@@ -433,7 +445,21 @@ export class Iotlb {
     return n;
   }
 
-  /** All entries, most recently used first (dump, metrics, tests). */
+  /** Second chance: skip (and rejuvenate) referenced entries from the old end, evict the first unreferenced one. */
+  private evictOne(): void {
+    for (let v = this.tail; v !== null; v = this.tail) {
+      if (!v.referenced) {
+        this.remove(v);
+        this.stats.evictions++;
+        return;
+      }
+      v.referenced = false;
+      this.unlink(v);
+      this.pushFront(v);
+    }
+  }
+
+  /** All entries, youngest first (dump, metrics, tests). */
   *entries(): IterableIterator<IotlbEntry> {
     for (let n = this.head; n; n = n.next) yield n;
   }

@@ -59,6 +59,17 @@ const WORDS = new Uint32Array(2);
 const READ_FETCH: AccessRequest = { kind: "read", privileged: true };
 const WRITE_FETCH: AccessRequest = { kind: "write", privileged: true };
 
+/** Stage roots as numbers: Number(bigint) costs tens of ns, a WeakMap hit a few. */
+const roots = new WeakMap<StageConfig, number>();
+function rootOf(st: StageConfig): number {
+  let r = roots.get(st);
+  if (r === undefined) {
+    r = Number(st.root);
+    roots.set(st, r);
+  }
+  return r;
+}
+
 function toBig(lo: number, hi: number): bigint {
   return (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
 }
@@ -66,7 +77,6 @@ function toBig(lo: number, hi: number): bigint {
 /** A stage result; desc/descAddr are converted to bigint only when read. */
 class StageOut implements StageOutcome {
   constructor(
-    readonly output: bigint,
     readonly level: number,
     readonly pageShift: number,
     readonly perms: PermSet,
@@ -77,6 +87,9 @@ class StageOut implements StageOutcome {
     /** @internal */ readonly descHi: number,
     /** @internal */ readonly descAddrNum: number,
   ) {}
+  get output(): bigint {
+    return BigInt(this.outNum);
+  }
   get desc(): bigint {
     return toBig(this.descLo, this.descHi);
   }
@@ -90,8 +103,8 @@ class Ok implements TranslationOk {
   readonly ok = true as const;
   constructor(
     readonly input: bigint,
-    readonly output: bigint,
-    readonly ipa: bigint | undefined,
+    /** @internal */ readonly outNum: number,
+    /** @internal */ readonly ipaNum: number,
     readonly pageShift: number,
     readonly level: number,
     readonly perms: PermSet,
@@ -99,6 +112,12 @@ class Ok implements TranslationOk {
     readonly s2: StageOutcome | undefined,
     private readonly reads: readonly number[],
   ) {}
+  get output(): bigint {
+    return this.outNum < 0 ? this.input : BigInt(this.outNum);
+  }
+  get ipa(): bigint | undefined {
+    return this.ipaNum < 0 ? undefined : BigInt(this.ipaNum);
+  }
   get descReads(): readonly bigint[] {
     return this.reads.map((n) => BigInt(n));
   }
@@ -182,7 +201,7 @@ function makeCtx(
     mem,
     fast: typeof mem.read64Split === "function",
     w: WORDS,
-    s2Root: s2ForTables === undefined ? 0 : Number(s2ForTables.root),
+    s2Root: s2ForTables === undefined ? 0 : rootOf(s2ForTables),
     tablePurpose: { stage: 2, cls: "TT", ipa: 0, s1Level: 0, step: "table" },
     input,
     privileged: access.privileged,
@@ -469,7 +488,6 @@ function walkCore(
 
 function stageOut(ctx: Ctx): StageOut {
   return new StageOut(
-    BigInt(ctx.rOut),
     ctx.rLevel,
     ctx.rShift,
     ctx.rPerms,
@@ -525,13 +543,13 @@ const split = { lo: 0, hi: 0 };
 function walkSingle(ctx: Ctx, st: StageConfig, input: bigint, access: AccessRequest, p: Purpose): TranslationResult {
   const k = splitInput(st, input, split);
   if (k !== undefined) return rangeFault(ctx, k, p, st, access);
-  const f = walkCore(ctx, st, Number(st.root), split.lo, split.hi, access, p);
+  const f = walkCore(ctx, st, rootOf(st), split.lo, split.hi, access, p);
   if (f !== undefined) return f;
   const s = stageOut(ctx);
   return new Ok(
     ctx.input,
-    s.output,
-    undefined,
+    s.outNum,
+    -1,
     s.pageShift,
     s.level,
     s.perms,
@@ -611,7 +629,7 @@ export function translate(
         privileged: access.privileged,
       };
     case "bypass":
-      return new Ok(input, input, undefined, 12, 3, P_ALL, undefined, undefined, []);
+      return new Ok(input, -1, -1, 12, 3, P_ALL, undefined, undefined, []);
     case "s1":
       return walkSingle(makeCtx(mem, input, access, opts), cfg.s1, input, access, { stage: 1, cls: "IN" });
     case "s2": {
@@ -636,20 +654,20 @@ export function translate(
       const p1: Purpose = { stage: 1, cls: "IN" };
       const k = splitInput(cfg.s1, input, split);
       if (k !== undefined) return rangeFault(ctx, k, p1, cfg.s1, access);
-      const f1 = walkCore(ctx, cfg.s1, Number(cfg.s1.root), split.lo, split.hi, access, p1);
+      const f1 = walkCore(ctx, cfg.s1, rootOf(cfg.s1), split.lo, split.hi, access, p1);
       if (f1 !== undefined) return f1;
       const s1 = stageOut(ctx);
       const ipa = ctx.rOut;
       const p2: Purpose = { stage: 2, cls: "IN", ipa, step: "output" };
       if (ipa >= (POW2[cfg.s2.inputBits] as number)) return rangeFault(ctx, "input-range", p2, cfg.s2, access);
-      const f2 = walkCore(ctx, cfg.s2, ctx.s2Root || Number(cfg.s2.root), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
+      const f2 = walkCore(ctx, cfg.s2, ctx.s2Root || rootOf(cfg.s2), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
       if (f2 !== undefined) return f2;
       const s2 = stageOut(ctx);
       const s1Smaller = s1.pageShift <= s2.pageShift;
       return new Ok(
         input,
-        s2.output,
-        s1.output,
+        s2.outNum,
+        s1.outNum,
         s1Smaller ? s1.pageShift : s2.pageShift,
         s1Smaller ? s1.level : s2.level,
         s1.perms & s2.perms,
