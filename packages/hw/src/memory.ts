@@ -45,9 +45,14 @@ export class SparseMemory implements PhysicalMemory {
   private readonly pages = new Map<bigint, Uint8Array>();
   /** Number-keyed views of the same pages for read64Split (walker hot path). */
   private readonly views = new Map<number, DataView>();
-  /** A 16-entry direct-mapped cache in front of `views` (walks revisit the same table pages). */
-  private readonly vcPfn = new Float64Array(16).fill(-1);
-  private readonly vcView: (DataView | undefined)[] = new Array<DataView | undefined>(16);
+  /**
+   * A 1024-entry direct-mapped cache in front of `views` (walks revisit the
+   * same table pages), indexed by PA bits [21:12] folded with [31:22] and
+   * tagged with the page's base address, so a hit needs no division and no
+   * Map probe.
+   */
+  private readonly vcBase = new Float64Array(1024).fill(-1);
+  private readonly vcView: (DataView | undefined)[] = new Array<DataView | undefined>(1024);
   private readonly aborting: { start: bigint; last: bigint }[] = [];
   private readonly limit: bigint;
   private readonly limitNum: number;
@@ -82,7 +87,7 @@ export class SparseMemory implements PhysicalMemory {
       if (pageStart >= start && pageStart + BigInt(PAGE_SIZE) <= start + length) {
         if (this.pages.delete(pfn)) {
           this.views.delete(Number(pfn));
-          this.vcPfn.fill(-1);
+          this.vcBase.fill(-1);
           this.stats.pagesAllocated--;
         }
       } else {
@@ -177,14 +182,14 @@ export class SparseMemory implements PhysicalMemory {
     }
     this.stats.reads++;
     const off = low & (PAGE_SIZE - 1);
-    const pfn = (addr - off) / PAGE_SIZE;
-    const slot = pfn & 15;
+    const base = addr - off;
+    const slot = ((low >>> PAGE_SHIFT) ^ (low >>> 22)) & 1023;
     let v: DataView | undefined;
-    if (this.vcPfn[slot] === pfn) v = this.vcView[slot];
+    if (this.vcBase[slot] === base) v = this.vcView[slot];
     else {
-      v = this.views.get(pfn);
+      v = this.views.get(base / PAGE_SIZE);
       if (v !== undefined) {
-        this.vcPfn[slot] = pfn;
+        this.vcBase[slot] = base;
         this.vcView[slot] = v;
       }
     }

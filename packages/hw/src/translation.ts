@@ -236,6 +236,13 @@ export interface PageTableFormat {
   /** VT-d: execute requests also need read permission. Arm: execute permission only (ruling 4). */
   readonly execNeedsRead: boolean;
   readonly hw: HwUpdateRules;
+  /**
+   * Walker hint: when every output address is the plain bit field [n:shift]
+   * of the descriptor, the address bits of its high word ([n:32]) as a mask,
+   * so the walker masks instead of calling outputAddressW. Undefined when the
+   * layout is not a plain field (Arm 52-bit OA keeps OA[51:48] in [15:12]).
+   */
+  readonly addressHiMask: number | undefined;
 
   /** Bit position of the lowest input bit translated by `level`: G + (3 − level)(G − 3). */
   levelShift(level: number): number;
@@ -251,6 +258,8 @@ export interface PageTableFormat {
    * U/S, XD / R, W, X, which x86-style walks AND across levels).
    */
   tableLimit(desc: bigint, level: number, cfg: StageConfig): PermSet;
+  /** Can table descriptors restrict permissions under `cfg` (else tableLimit is always PERM_ALL)? */
+  tableLimitsApply(cfg: StageConfig): boolean;
   /** Permissions granted by a leaf descriptor on its own (before table limits). */
   leafPerms(desc: bigint, level: number, cfg: StageConfig): PermSet;
   /**

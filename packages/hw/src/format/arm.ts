@@ -167,6 +167,7 @@ class ArmFormat extends WordFormat implements PageTableFormat {
   readonly maxOutputBits: number;
   readonly execNeedsRead = false;
   readonly hw: HwUpdateRules;
+  readonly addressHiMask: number | undefined;
   private readonly shifts: number[] = [];
   private readonly oa52: boolean;
   private readonly blockLevels: readonly boolean[];
@@ -183,6 +184,7 @@ class ArmFormat extends WordFormat implements PageTableFormat {
     this.minLevel = granuleShift === 16 ? 1 : 0;
     this.maxInputBits = 48;
     this.maxOutputBits = this.oa52 ? 52 : 48;
+    this.addressHiMask = this.oa52 ? undefined : 0xffff; // OA[47:32]
     for (let l = -1; l <= 3; l++) this.shifts[l + 1] = armLevelShift(granuleShift, l);
     // Ruling 7: 4K blocks at L1/L2; 16K at L2; 64K at L2 (and L1 with 52-bit output).
     const bl = [false, false, false, false, false];
@@ -212,6 +214,11 @@ class ArmFormat extends WordFormat implements PageTableFormat {
   outputAddressW(lo: number, hi: number, level: number, type: DescType): number {
     const a = addrFromWords(lo, hi, type === D_BLOCK ? (this.shifts[level + 1] as number) : this.granuleShift, 0xffff);
     return this.oa52 ? a + ((lo >>> 12) & 0xf) * 2 ** 48 : a;
+  }
+
+  /** APTable / PXNTable / UXNTable: stage 1 only, and not with HAD. */
+  tableLimitsApply(cfg: StageConfig): boolean {
+    return this.stage === 1 && cfg.had !== true;
   }
 
   tableLimitW(_lo: number, hi: number, _level: number, cfg: StageConfig): PermSet {

@@ -107,6 +107,7 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
   readonly maxInputBits = 57;
   readonly maxOutputBits = 52;
   readonly execNeedsRead = true;
+  readonly addressHiMask = HI_ADDR;
   readonly hw: HwUpdateRules = {
     accessBit: FS_ACCESS,
     accessInTables: true,
@@ -143,6 +144,11 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
   }
 
   /** Every level's R/W, U/S and XD restrict what lies below (x86 rule: AND over the walk). */
+  /** Every entry's permission bits limit what lies below (x86 rule). */
+  tableLimitsApply(): boolean {
+    return true;
+  }
+
   tableLimitW(lo: number, hi: number, _level: number, cfg: StageConfig): PermSet {
     return fsPerms(lo, hi, cfg);
   }
@@ -212,6 +218,7 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
   readonly maxInputBits = 57;
   readonly maxOutputBits = 52;
   readonly execNeedsRead = true;
+  readonly addressHiMask = HI_ADDR;
   readonly hw: HwUpdateRules = {
     accessBit: SS_ACCESS,
     accessInTables: true,
@@ -242,6 +249,11 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
 
   outputAddressW(lo: number, hi: number, level: number, type: DescType): number {
     return addrFromWords(lo, hi, type === D_BLOCK ? levelShift(level) : 12, HI_ADDR);
+  }
+
+  /** Every entry's permission bits limit what lies below (x86 rule). */
+  tableLimitsApply(): boolean {
+    return true;
   }
 
   tableLimitW(lo: number, _hi: number, _level: number, cfg: StageConfig): PermSet {

@@ -42,6 +42,7 @@ import {
 // by tsx / vite transforms) would otherwise sit on the hot path.
 const D_INVALID = Desc.INVALID;
 const D_TABLE = Desc.TABLE;
+const D_BLOCK = Desc.BLOCK;
 const D_RESERVED = Desc.RESERVED;
 const P_ALL = PERM_ALL;
 const P_W = PERM_W;
@@ -59,15 +60,58 @@ const WORDS = new Uint32Array(2);
 const READ_FETCH: AccessRequest = { kind: "read", privileged: true };
 const WRITE_FETCH: AccessRequest = { kind: "write", privileged: true };
 
-/** Stage roots as numbers: Number(bigint) costs tens of ns, a WeakMap hit a few. */
-const roots = new WeakMap<StageConfig, number>();
-function rootOf(st: StageConfig): number {
-  let r = roots.get(st);
-  if (r === undefined) {
-    r = Number(st.root);
-    roots.set(st, r);
+/** Lo-word mask clearing address bits below `shift` (< 32). */
+function loMaskAbove(shift: number): number {
+  return ~((1 << shift) - 1) >>> 0;
+}
+
+/**
+ * A StageConfig's walk constants, computed once per config (cached in a
+ * WeakMap): the root as a number (Number(bigint) costs tens of ns), level
+ * shifts and output-address masks as arrays, so the per-level loop reads
+ * numbers instead of making calls into the format (calls that are
+ * polymorphic once several formats are walked in one process).
+ */
+class StagePlan {
+  readonly root: number;
+  /** levelShift(level) at index level + 1. */
+  readonly shifts: number[] = [];
+  /** Lo-word address mask of a block at index level + 1; -1 = ask the format. */
+  readonly blockLo: number[] = [];
+  /** Lo-word address mask of a next-table or page address. */
+  readonly granuleLo: number;
+  /** High-word address mask, or -1 when the format's output layout is not a plain field. */
+  readonly hiMask: number;
+  readonly tableLimits: boolean;
+  readonly setTableA: boolean;
+  readonly oaLimit: number;
+  /** Index bits at the start level (concatenated stage-2 tables included). */
+  readonly startBits: number;
+  constructor(st: StageConfig) {
+    const fmt = st.format;
+    this.root = Number(st.root);
+    for (let l = -1; l <= 3; l++) {
+      const sh = fmt.levelShift(l);
+      this.shifts.push(sh);
+      this.blockLo.push(sh < 32 ? loMaskAbove(sh) : -1);
+    }
+    this.granuleLo = loMaskAbove(fmt.granuleShift);
+    this.hiMask = fmt.addressHiMask ?? -1;
+    this.tableLimits = fmt.tableLimitsApply(st);
+    this.setTableA = fmt.hw.accessInTables && st.ha === true;
+    this.oaLimit = POW2[st.outputBits] as number;
+    this.startBits = st.inputBits - fmt.levelShift(st.startLevel);
   }
-  return r;
+}
+
+const plans = new WeakMap<StageConfig, StagePlan>();
+function planOf(st: StageConfig): StagePlan {
+  let p = plans.get(st);
+  if (p === undefined) {
+    p = new StagePlan(st);
+    plans.set(st, p);
+  }
+  return p;
 }
 
 function toBig(lo: number, hi: number): bigint {
@@ -128,8 +172,8 @@ interface Ctx {
   readonly mem: PhysicalMemory;
   readonly fast: boolean;
   readonly w: Uint32Array;
-  /** Nested: stage-2 root as a number, and the reusable purpose of table-address walks. */
-  readonly s2Root: number;
+  /** Nested: the stage-2 plan for table-address walks, and their reusable purpose. */
+  readonly s2Plan: StagePlan | undefined;
   readonly tablePurpose: { stage: 2; cls: FaultClass; ipa: number; s1Level: number; step: "table" };
   /** The transaction's input address (reported in every fault). */
   readonly input: bigint;
@@ -201,7 +245,7 @@ function makeCtx(
     mem,
     fast: typeof mem.read64Split === "function",
     w: WORDS,
-    s2Root: s2ForTables === undefined ? 0 : rootOf(s2ForTables),
+    s2Plan: s2ForTables === undefined ? undefined : planOf(s2ForTables),
     tablePurpose: { stage: 2, cls: "TT", ipa: 0, s1Level: 0, step: "table" },
     input,
     privileged: access.privileged,
@@ -245,7 +289,7 @@ function tableAddr(ctx: Ctx, ipa: number, s1Level: number, write: boolean): numb
   p.s1Level = s1Level;
   const access = write ? WRITE_FETCH : READ_FETCH;
   if (ipa >= (POW2[s2.inputBits] as number)) return fault(ctx, "input-range", p, s2.startLevel, access.kind);
-  const f = walkCore(ctx, s2, ctx.s2Root, ipa >>> 0, Math.floor(ipa / TWO32), access, p);
+  const f = walkCore(ctx, s2, ctx.s2Plan as StagePlan, ipa >>> 0, Math.floor(ipa / TWO32), access, p);
   if (f !== undefined) return f;
   return ctx.rOut;
 }
@@ -302,7 +346,7 @@ function casLost(ctx: Ctx, p: Purpose, level: number, descPa: number, lo: number
 function walkCore(
   ctx: Ctx,
   st: StageConfig,
-  root: number,
+  plan: StagePlan,
   vaLo: number,
   vaHi: number,
   access: AccessRequest,
@@ -316,26 +360,28 @@ function walkCore(
   const nested = p.stage === 1 && ctx.s2ForTables !== undefined;
   const hw = fmt.hw;
   const hww = hw.words;
-  const oaLimit = POW2[st.outputBits] as number;
+  // Loop invariants kept in locals (property loads per level add up over 24 levels).
+  const aLo = hww.accessLo;
+  const aHi = hww.accessHi;
+  const { shifts, blockLo, granuleLo, hiMask, tableLimits, setTableA, oaLimit, startBits } = plan;
   const w = ctx.w;
   const probe = access.probe === true;
   const wantsWrite = access.kind === "write" && !probe;
   const visitor = ctx.visitor;
 
   // A hand-built StageConfig the builders would have refused: fault, never throw.
-  const startBits = st.inputBits - fmt.levelShift(start);
   if (start < -1 || start > 3 || startBits < 1 || startBits > fmt.bitsPerLevel + 4) {
     return fault(ctx, "translation", p, start, access.kind);
   }
 
   for (let attempt = 0; ; attempt++) {
     let level = start;
-    let table = root;
+    let table = plan.root;
     let limit = P_ALL;
     let nbits = startBits;
     let restart = false;
     for (;;) {
-      const shift = fmt.levelShift(level);
+      const shift = shifts[level + 1] as number;
       const m = (1 << nbits) - 1;
       const idx = shift >= 32 ? (vaHi >>> (shift - 32)) & m : ((vaLo >>> shift) | (vaHi << (32 - shift))) & m;
       const descIpa = table + idx * 8;
@@ -367,16 +413,17 @@ function walkCore(
       }
       if (type === D_INVALID) return fault(ctx, "translation", p, level, access.kind, descPa, lo, hi);
       if (type === D_RESERVED) return fault(ctx, "reserved-bit", p, level, access.kind, descPa, lo, hi);
-      const out = fmt.outputAddressW(lo, hi, level, type);
+      const loMask = type === D_BLOCK ? (blockLo[level + 1] as number) : granuleLo;
+      const out = hiMask < 0 || loMask < 0 ? fmt.outputAddressW(lo, hi, level, type) : (hi & hiMask) * TWO32 + ((lo & loMask) >>> 0);
       // Ruling 8: next-table and leaf output addresses are checked at this level.
       if (out >= oaLimit) return fault(ctx, "address-size", p, level, access.kind, descPa, lo, hi);
 
       if (type === D_TABLE) {
-        limit &= fmt.tableLimitW(lo, hi, level, st);
+        if (tableLimits) limit &= fmt.tableLimitW(lo, hi, level, st);
         // VT-d sets A in every paging-structure entry it uses (x86 rule).
-        if (hw.accessInTables && st.ha && ((lo & hww.accessLo) | (hi & hww.accessHi)) === 0) {
-          let nlo = (lo | hww.accessLo) >>> 0;
-          const nhi = (hi | hww.accessHi) >>> 0;
+        if (setTableA && ((lo & aLo) | (hi & aHi)) === 0) {
+          let nlo = (lo | aLo) >>> 0;
+          const nhi = (hi | aHi) >>> 0;
           if (st.eafe && hw.extendedAccessBit !== undefined) nlo = (nlo | Number(hw.extendedAccessBit & 0xffffffffn)) >>> 0;
           if (nested) {
             const t = tableAddr(ctx, descIpa, level, true);
@@ -463,7 +510,7 @@ function walkCore(
         }
         if (u !== undefined) return u;
       }
-      const pageShift = fmt.levelShift(level);
+      const pageShift = shifts[level + 1] as number;
       // Integer masks, not `%` (a slow fmod on doubles).
       const off =
         pageShift < 32
@@ -543,7 +590,7 @@ const split = { lo: 0, hi: 0 };
 function walkSingle(ctx: Ctx, st: StageConfig, input: bigint, access: AccessRequest, p: Purpose): TranslationResult {
   const k = splitInput(st, input, split);
   if (k !== undefined) return rangeFault(ctx, k, p, st, access);
-  const f = walkCore(ctx, st, rootOf(st), split.lo, split.hi, access, p);
+  const f = walkCore(ctx, st, planOf(st), split.lo, split.hi, access, p);
   if (f !== undefined) return f;
   const s = stageOut(ctx);
   return new Ok(
@@ -654,13 +701,13 @@ export function translate(
       const p1: Purpose = { stage: 1, cls: "IN" };
       const k = splitInput(cfg.s1, input, split);
       if (k !== undefined) return rangeFault(ctx, k, p1, cfg.s1, access);
-      const f1 = walkCore(ctx, cfg.s1, rootOf(cfg.s1), split.lo, split.hi, access, p1);
+      const f1 = walkCore(ctx, cfg.s1, planOf(cfg.s1), split.lo, split.hi, access, p1);
       if (f1 !== undefined) return f1;
       const s1 = stageOut(ctx);
       const ipa = ctx.rOut;
       const p2: Purpose = { stage: 2, cls: "IN", ipa, step: "output" };
       if (ipa >= (POW2[cfg.s2.inputBits] as number)) return rangeFault(ctx, "input-range", p2, cfg.s2, access);
-      const f2 = walkCore(ctx, cfg.s2, ctx.s2Root || rootOf(cfg.s2), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
+      const f2 = walkCore(ctx, cfg.s2, ctx.s2Plan ?? planOf(cfg.s2), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
       if (f2 !== undefined) return f2;
       const s2 = stageOut(ctx);
       const s1Smaller = s1.pageShift <= s2.pageShift;
