@@ -277,10 +277,12 @@ function readDesc(ctx: Ctx, pa: number): boolean {
 }
 
 /**
- * Translate a stage-1 descriptor IPA through stage 2 (nested, ruling 1).
- * Returns the PA, or a stage-2 fault with CLASS TT and the descriptor IPA.
+ * Translate a stage-1 descriptor IPA through stage 2 (nested, ruling 1): the
+ * PA in ctx.rOut and undefined, or a stage-2 fault with CLASS TT and the
+ * descriptor IPA. (The PA goes through ctx, not the return value: a number
+ * returned from a call that is not inlined is boxed when it is 2^30 or more.)
  */
-function tableAddr(ctx: Ctx, ipa: number, s1Level: number, write: boolean): number | TranslationFault {
+function tableAddr(ctx: Ctx, ipa: number, s1Level: number, write: boolean): TranslationFault | undefined {
   const s2 = ctx.s2ForTables as StageConfig;
   // Stage-2 walks never nest, so one mutable purpose per translation is safe;
   // fault() copies its fields.
@@ -289,9 +291,7 @@ function tableAddr(ctx: Ctx, ipa: number, s1Level: number, write: boolean): numb
   p.s1Level = s1Level;
   const access = write ? WRITE_FETCH : READ_FETCH;
   if (ipa >= (POW2[s2.inputBits] as number)) return fault(ctx, "input-range", p, s2.startLevel, access.kind);
-  const f = walkCore(ctx, s2, ctx.s2Plan as StagePlan, ipa >>> 0, Math.floor(ipa / TWO32), access, p);
-  if (f !== undefined) return f;
-  return ctx.rOut;
+  return walkCore(ctx, s2, ctx.s2Plan as StagePlan, ipa >>> 0, Math.floor(ipa / TWO32), access, p);
 }
 
 /**
@@ -388,8 +388,8 @@ function walkCore(
       let descPa = descIpa;
       if (nested) {
         const t = tableAddr(ctx, descIpa, level, false);
-        if (typeof t !== "number") return t;
-        descPa = t;
+        if (t !== undefined) return t;
+        descPa = ctx.rOut;
       }
       if (!readDesc(ctx, descPa)) {
         // F_WALK_EABT: CLASS TT for a stage-1 table fetch, FetchAddr = descriptor PA.
@@ -427,7 +427,7 @@ function walkCore(
           if (st.eafe && hw.extendedAccessBit !== undefined) nlo = (nlo | Number(hw.extendedAccessBit & 0xffffffffn)) >>> 0;
           if (nested) {
             const t = tableAddr(ctx, descIpa, level, true);
-            if (typeof t !== "number") return t;
+            if (t !== undefined) return t;
           }
           const u = update(ctx, p, level, descPa, lo, hi, nlo, nhi, nested ? descIpa : undefined, type);
           if (u === RETRY) {
@@ -457,7 +457,7 @@ function walkCore(
           if (nested) {
             // Ruling 9: the AF update writes the descriptor's IPA; stage 2 must allow the write.
             const t = tableAddr(ctx, descIpa, level, true);
-            if (typeof t !== "number") return t;
+            if (t !== undefined) return t;
             checkedWrite = true;
           }
         } else if (hw.accessFault && !st.affd) {
@@ -500,7 +500,7 @@ function walkCore(
       if (nlo !== lo || nhi !== hi) {
         if (nested && !checkedWrite) {
           const t = tableAddr(ctx, descIpa, level, true);
-          if (typeof t !== "number") return t;
+          if (t !== undefined) return t;
         }
         const u = update(ctx, p, level, descPa, lo, hi, nlo, nhi, nested ? descIpa : undefined, type);
         if (u === RETRY) {
