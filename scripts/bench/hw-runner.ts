@@ -75,36 +75,44 @@ const now = () => performance.now();
 // ---- the naive baseline ---------------------------------------------------
 
 const SPLIT = new Uint32Array(2);
-const POW = [2 ** 39, 2 ** 30, 2 ** 21, 2 ** 12];
+const SHIFTS = [39, 30, 21, 12];
+const TWO32 = 2 ** 32;
 
 /**
  * Four levels of 9 bits over 4 KiB pages, valid = bit 0 (true of these Arm
- * and VT-d tables alike), next address = bits [51:12]; reads through the
- * same read64Split fast path the walker uses, on numbers. The floor the
- * walker's format-driven code is compared with.
+ * and VT-d tables alike), next address = bits [51:12]; indices from the
+ * input's 32-bit halves, reads through the same read64Split fast path the
+ * walker uses. No format descriptors, permissions, A/D or fault values: the
+ * cost of the bare descriptor reads, which the walker is compared with.
  */
 function naiveWalk(mem: SparseMemory, root: number, input: number): number {
+  const lo32 = input >>> 0;
+  const hi32 = Math.floor(input / TWO32);
   let table = root;
-  for (const p of POW) {
-    if (mem.read64Split?.(table + (Math.floor(input / p) % 512) * 8, SPLIT) !== undefined) return -1;
+  for (const sh of SHIFTS) {
+    const idx = sh >= 32 ? (hi32 >>> (sh - 32)) & 511 : ((lo32 >>> sh) | (hi32 << (32 - sh))) & 511;
+    if (mem.read64Split?.(table + idx * 8, SPLIT) !== undefined) return -1;
     const lo = SPLIT[0] as number;
     if ((lo & 1) === 0) return -1;
-    table = ((SPLIT[1] as number) & 0xfffff) * 4294967296 + (lo >>> 12) * 4096;
+    table = ((SPLIT[1] as number) & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
   }
-  return table + (input % 4096);
+  return table + (lo32 & 4095);
 }
 
 /** Stage 1 walked with every table address (and the output) translated by a naive stage-2 walk: 24 reads. */
 function naiveNested(mem: SparseMemory, s1root: number, s2root: number, input: number): number {
+  const lo32 = input >>> 0;
+  const hi32 = Math.floor(input / TWO32);
   let table = s1root;
-  for (const p of POW) {
-    const pa = naiveWalk(mem, s2root, table + (Math.floor(input / p) % 512) * 8);
+  for (const sh of SHIFTS) {
+    const idx = sh >= 32 ? (hi32 >>> (sh - 32)) & 511 : ((lo32 >>> sh) | (hi32 << (32 - sh))) & 511;
+    const pa = naiveWalk(mem, s2root, table + idx * 8);
     if (pa < 0 || mem.read64Split?.(pa, SPLIT) !== undefined) return -1;
     const lo = SPLIT[0] as number;
     if ((lo & 1) === 0) return -1;
-    table = ((SPLIT[1] as number) & 0xfffff) * 4294967296 + (lo >>> 12) * 4096;
+    table = ((SPLIT[1] as number) & 0xfffff) * TWO32 + ((lo & 0xfffff000) >>> 0);
   }
-  return naiveWalk(mem, s2root, table + (input % 4096));
+  return naiveWalk(mem, s2root, table + (lo32 & 4095));
 }
 
 function timeNaive(name: string, s: Scenario, walks: number, nested: boolean): NaiveRow {

@@ -91,7 +91,7 @@ export async function main(argv: string[]): Promise<number> {
     const p = new Progress("hardware", repeats);
     const hw = await hardwareSection(p, repeats, {
       hits: q ? 100_000 : 300_000,
-      walks: q ? 5_000 : 20_000,
+      walks: q ? 5_000 : 100_000,
       pages: 4096,
       iotlbCapacity: 1024,
       iotlbAccesses: q ? 20_000 : 100_000,
