@@ -211,6 +211,18 @@ export interface MapProt {
 }
 
 /**
+ * Descriptor bits a permission function reads: bits
+ * [loShift + loBits − 1 : loShift] of the low word and
+ * [hiShift + hiBits − 1 : hiShift] of the high word (walk/plan.ts).
+ */
+export interface PermBits {
+  readonly loShift: number;
+  readonly loBits: number;
+  readonly hiShift: number;
+  readonly hiBits: number;
+}
+
+/**
  * A page-table format: geometry computed once plus a few pure operations.
  * Arm VMSAv8-64 S1/S2 × 4K/16K/64K, VT-d first-stage (4/5-level) and
  * second-stage are each one instance of this interface (format/**). Formats
@@ -243,6 +255,10 @@ export interface PageTableFormat {
    * layout is not a plain field (Arm 52-bit OA keeps OA[51:48] in [15:12]).
    */
   readonly addressHiMask: number | undefined;
+  /** The descriptor bits tableLimitW reads (the walker tabulates it over them; it must not depend on the level). */
+  readonly tableLimitBits: PermBits;
+  /** The descriptor bits leafPermsW reads (likewise). */
+  readonly leafPermBits: PermBits;
 
   /** Bit position of the lowest input bit translated by `level`: G + (3 − level)(G − 3). */
   levelShift(level: number): number;
@@ -258,8 +274,6 @@ export interface PageTableFormat {
    * U/S, XD / R, W, X, which x86-style walks AND across levels).
    */
   tableLimit(desc: bigint, level: number, cfg: StageConfig): PermSet;
-  /** Can table descriptors restrict permissions under `cfg` (else tableLimit is always PERM_ALL)? */
-  tableLimitsApply(cfg: StageConfig): boolean;
   /** Permissions granted by a leaf descriptor on its own (before table limits). */
   leafPerms(desc: bigint, level: number, cfg: StageConfig): PermSet;
   /**

@@ -168,6 +168,10 @@ class ArmFormat extends WordFormat implements PageTableFormat {
   readonly execNeedsRead = false;
   readonly hw: HwUpdateRules;
   readonly addressHiMask: number | undefined;
+  /** PXNTable, UXNTable, APTable[1:0]: bits [62:59]. */
+  readonly tableLimitBits = { loShift: 0, loBits: 0, hiShift: ARM_DESC.PXNTABLE - 32, hiBits: 4 };
+  /** AP[2:1] / S2AP [7:6]; PXN, UXN / XN[1:0] [54:53]. */
+  readonly leafPermBits = { loShift: ARM_DESC.AP1, loBits: 2, hiShift: ARM_DESC.PXN - 32, hiBits: 2 };
   private readonly shifts: number[] = [];
   private readonly oa52: boolean;
   private readonly blockLevels: readonly boolean[];
@@ -214,11 +218,6 @@ class ArmFormat extends WordFormat implements PageTableFormat {
   outputAddressW(lo: number, hi: number, level: number, type: DescType): number {
     const a = addrFromWords(lo, hi, type === D_BLOCK ? (this.shifts[level + 1] as number) : this.granuleShift, 0xffff);
     return this.oa52 ? a + ((lo >>> 12) & 0xf) * 2 ** 48 : a;
-  }
-
-  /** APTable / PXNTable / UXNTable: stage 1 only, and not with HAD. */
-  tableLimitsApply(cfg: StageConfig): boolean {
-    return this.stage === 1 && cfg.had !== true;
   }
 
   tableLimitW(_lo: number, hi: number, _level: number, cfg: StageConfig): PermSet {

@@ -94,6 +94,8 @@ const FS_DIRTY = { style: "bit" as const, bit: B(VTD_FS.D) };
 const SS_ACCESS = B(VTD_SS.A);
 const SS_DIRTY = { style: "bit" as const, bit: B(VTD_SS.D) };
 const HI_ADDR = 0xfffff; // address bits [51:32]
+const FS_PERM_BITS = { loShift: VTD_FS.RW, loBits: 2, hiShift: VTD_FS.XD - 32, hiBits: 1 };
+const SS_PERM_BITS = { loShift: VTD_SS.R, loBits: 3, hiShift: 0, hiBits: 0 };
 const HI_XD = 0x80000000; // bit 63
 
 class VtdFirstStage extends WordFormat implements PageTableFormat {
@@ -108,6 +110,9 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
   readonly maxOutputBits = 52;
   readonly execNeedsRead = true;
   readonly addressHiMask = HI_ADDR;
+  /** R/W [1], U/S [2]; XD [63]. */
+  readonly tableLimitBits = FS_PERM_BITS;
+  readonly leafPermBits = FS_PERM_BITS;
   readonly hw: HwUpdateRules = {
     accessBit: FS_ACCESS,
     accessInTables: true,
@@ -144,11 +149,6 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
   }
 
   /** Every level's R/W, U/S and XD restrict what lies below (x86 rule: AND over the walk). */
-  /** Every entry's permission bits limit what lies below (x86 rule). */
-  tableLimitsApply(): boolean {
-    return true;
-  }
-
   tableLimitW(lo: number, hi: number, _level: number, cfg: StageConfig): PermSet {
     return fsPerms(lo, hi, cfg);
   }
@@ -219,6 +219,9 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
   readonly maxOutputBits = 52;
   readonly execNeedsRead = true;
   readonly addressHiMask = HI_ADDR;
+  /** R [0], W [1], X [2]. */
+  readonly tableLimitBits = SS_PERM_BITS;
+  readonly leafPermBits = SS_PERM_BITS;
   readonly hw: HwUpdateRules = {
     accessBit: SS_ACCESS,
     accessInTables: true,
@@ -249,11 +252,6 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
 
   outputAddressW(lo: number, hi: number, level: number, type: DescType): number {
     return addrFromWords(lo, hi, type === D_BLOCK ? levelShift(level) : 12, HI_ADDR);
-  }
-
-  /** Every entry's permission bits limit what lies below (x86 rule). */
-  tableLimitsApply(): boolean {
-    return true;
   }
 
   tableLimitW(lo: number, _hi: number, _level: number, cfg: StageConfig): PermSet {

@@ -18,6 +18,7 @@
 // bigint appears only at the API boundary, in faults, and in A/D write-backs.
 
 import type { PhysicalMemory } from "../memory.js";
+import { planOf, type StagePlan } from "./plan.js";
 import {
   type AccessRequest,
   Desc,
@@ -59,60 +60,6 @@ const WORDS = new Uint32Array(2);
 
 const READ_FETCH: AccessRequest = { kind: "read", privileged: true };
 const WRITE_FETCH: AccessRequest = { kind: "write", privileged: true };
-
-/** Lo-word mask clearing address bits below `shift` (< 32). */
-function loMaskAbove(shift: number): number {
-  return ~((1 << shift) - 1) >>> 0;
-}
-
-/**
- * A StageConfig's walk constants, computed once per config (cached in a
- * WeakMap): the root as a number (Number(bigint) costs tens of ns), level
- * shifts and output-address masks as arrays, so the per-level loop reads
- * numbers instead of making calls into the format (calls that are
- * polymorphic once several formats are walked in one process).
- */
-class StagePlan {
-  readonly root: number;
-  /** levelShift(level) at index level + 1. */
-  readonly shifts: number[] = [];
-  /** Lo-word address mask of a block at index level + 1; -1 = ask the format. */
-  readonly blockLo: number[] = [];
-  /** Lo-word address mask of a next-table or page address. */
-  readonly granuleLo: number;
-  /** High-word address mask, or -1 when the format's output layout is not a plain field. */
-  readonly hiMask: number;
-  readonly tableLimits: boolean;
-  readonly setTableA: boolean;
-  readonly oaLimit: number;
-  /** Index bits at the start level (concatenated stage-2 tables included). */
-  readonly startBits: number;
-  constructor(st: StageConfig) {
-    const fmt = st.format;
-    this.root = Number(st.root);
-    for (let l = -1; l <= 3; l++) {
-      const sh = fmt.levelShift(l);
-      this.shifts.push(sh);
-      this.blockLo.push(sh < 32 ? loMaskAbove(sh) : -1);
-    }
-    this.granuleLo = loMaskAbove(fmt.granuleShift);
-    this.hiMask = fmt.addressHiMask ?? -1;
-    this.tableLimits = fmt.tableLimitsApply(st);
-    this.setTableA = fmt.hw.accessInTables && st.ha === true;
-    this.oaLimit = POW2[st.outputBits] as number;
-    this.startBits = st.inputBits - fmt.levelShift(st.startLevel);
-  }
-}
-
-const plans = new WeakMap<StageConfig, StagePlan>();
-function planOf(st: StageConfig): StagePlan {
-  let p = plans.get(st);
-  if (p === undefined) {
-    p = new StagePlan(st);
-    plans.set(st, p);
-  }
-  return p;
-}
 
 function toBig(lo: number, hi: number): bigint {
   return (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
@@ -363,7 +310,7 @@ function walkCore(
   // Loop invariants kept in locals (property loads per level add up over 24 levels).
   const aLo = hww.accessLo;
   const aHi = hww.accessHi;
-  const { shifts, blockLo, granuleLo, hiMask, tableLimits, setTableA, oaLimit, startBits } = plan;
+  const { shifts, blockLo, granuleLo, hiMask, tableLimit, tableLimits, leafPerms, finalPerms, setTableA, oaLimit, startBits } = plan;
   const w = ctx.w;
   const probe = access.probe === true;
   const wantsWrite = access.kind === "write" && !probe;
@@ -419,7 +366,7 @@ function walkCore(
       if (out >= oaLimit) return fault(ctx, "address-size", p, level, access.kind, descPa, lo, hi);
 
       if (type === D_TABLE) {
-        if (tableLimits) limit &= fmt.tableLimitW(lo, hi, level, st);
+        if (tableLimits) limit &= tableLimit.at(lo, hi);
         // VT-d sets A in every paging-structure entry it uses (x86 rule).
         if (setTableA && ((lo & aLo) | (hi & aHi)) === 0) {
           let nlo = (lo | aLo) >>> 0;
@@ -464,7 +411,7 @@ function walkCore(
           return fault(ctx, "access-flag", p, level, access.kind, descPa, lo, hi);
         }
       }
-      let perms = fmt.finalPerms(fmt.leafPermsW(lo, hi, level, st) & limit, st);
+      let perms = finalPerms[leafPerms.at(lo, hi) & limit] as PermSet;
       let writeNeedsWalk = false;
       if (st.hd) {
         const dirty = hw.dirty;
@@ -474,7 +421,7 @@ function walkCore(
           if (clean && ((lo & hww.dirtyLo) | (hi & hww.dirtyHi)) !== 0) {
             const dlo = (dirty.writeBitMeansWritable ? lo | hww.writeLo : lo & ~hww.writeLo) >>> 0;
             const dhi = (dirty.writeBitMeansWritable ? hi | hww.writeHi : hi & ~hww.writeHi) >>> 0;
-            const dperms = fmt.finalPerms(fmt.leafPermsW(dlo, dhi, level, st) & limit, st);
+            const dperms = finalPerms[leafPerms.at(dlo, dhi) & limit] as PermSet;
             if ((dperms & P_W) !== 0) {
               if (wantsWrite && allowed(dperms, access, fmt.execNeedsRead)) {
                 nlo = (dirty.writeBitMeansWritable ? nlo | hww.writeLo : nlo & ~hww.writeLo) >>> 0;

@@ -1,0 +1,106 @@
+// A StageConfig's walk constants, computed once per config (cached in a
+// WeakMap) so the walker's level loop reads numbers and small tables instead
+// of calling into the format: the root as a number (Number(bigint) costs tens
+// of ns), level shifts, output-address masks, and the format's permission
+// functions tabulated over the few descriptor bits they read. Format calls on
+// the hot path are polymorphic once Arm and VT-d are walked in one process
+// (the host, the bench), which costs about a third of a nested walk.
+//
+// The tables are filled by calling the format's own functions, so they agree
+// with them by construction as long as a format's PermBits names every bit its
+// function reads (plan.test.ts checks this on random descriptors).
+
+import { PERM_ALL, type PermBits, type PermSet, type StageConfig } from "../translation.js";
+
+const POW2: readonly number[] = Array.from({ length: 65 }, (_, n) => 2 ** n);
+/** Permission sets are 6-bit masks (translation.ts Perm). */
+const PERM_SETS = 64;
+
+/** Lo-word mask clearing address bits below `shift` (< 32). */
+function loMaskAbove(shift: number): number {
+  return ~((1 << shift) - 1) >>> 0;
+}
+
+/** A permission function of a descriptor, tabulated over the bits it reads. */
+export class PermTable {
+  private readonly loShift: number;
+  private readonly loMask: number;
+  private readonly loBits: number;
+  private readonly hiShift: number;
+  private readonly hiMask: number;
+  private readonly table: PermSet[] = [];
+  /** Some descriptor yields less than PERM_ALL. */
+  readonly restricts: boolean;
+
+  constructor(bits: PermBits, f: (lo: number, hi: number) => PermSet) {
+    this.loShift = bits.loShift;
+    this.loBits = bits.loBits;
+    this.loMask = (1 << bits.loBits) - 1;
+    this.hiShift = bits.hiShift;
+    this.hiMask = (1 << bits.hiBits) - 1;
+    for (let k = 0; k < 1 << (bits.loBits + bits.hiBits); k++) {
+      const lo = ((k & this.loMask) << this.loShift) >>> 0;
+      const hi = ((k >>> this.loBits) << this.hiShift) >>> 0;
+      this.table.push(f(lo, hi));
+    }
+    this.restricts = this.table.some((p) => p !== PERM_ALL);
+  }
+
+  at(lo: number, hi: number): PermSet {
+    return this.table[((lo >>> this.loShift) & this.loMask) | (((hi >>> this.hiShift) & this.hiMask) << this.loBits)] as PermSet;
+  }
+}
+
+export class StagePlan {
+  readonly root: number;
+  /** levelShift(level) at index level + 1. */
+  readonly shifts: number[] = [];
+  /** Lo-word address mask of a block at index level + 1; -1 = ask the format. */
+  readonly blockLo: number[] = [];
+  /** Lo-word address mask of a next-table or page address. */
+  readonly granuleLo: number;
+  /** High-word address mask, or -1 when the format's output layout is not a plain field. */
+  readonly hiMask: number;
+  /** tableLimitW, and whether it can restrict at all (else the walker skips it). */
+  readonly tableLimit: PermTable;
+  readonly tableLimits: boolean;
+  /** leafPermsW. */
+  readonly leafPerms: PermTable;
+  /** finalPerms over every permission set. */
+  readonly finalPerms: PermSet[] = [];
+  readonly setTableA: boolean;
+  readonly oaLimit: number;
+  /** Index bits at the start level (concatenated stage-2 tables included). */
+  readonly startBits: number;
+
+  constructor(st: StageConfig) {
+    const fmt = st.format;
+    this.root = Number(st.root);
+    for (let l = -1; l <= 3; l++) {
+      const sh = fmt.levelShift(l);
+      this.shifts.push(sh);
+      this.blockLo.push(sh < 32 ? loMaskAbove(sh) : -1);
+    }
+    this.granuleLo = loMaskAbove(fmt.granuleShift);
+    this.hiMask = fmt.addressHiMask ?? -1;
+    this.tableLimit = new PermTable(fmt.tableLimitBits, (lo, hi) => fmt.tableLimitW(lo, hi, 3, st));
+    this.tableLimits = this.tableLimit.restricts;
+    this.leafPerms = new PermTable(fmt.leafPermBits, (lo, hi) => fmt.leafPermsW(lo, hi, 3, st));
+    for (let p = 0; p < PERM_SETS; p++) this.finalPerms.push(fmt.finalPerms(p, st));
+    this.setTableA = fmt.hw.accessInTables && st.ha === true;
+    this.oaLimit = POW2[st.outputBits] as number;
+    this.startBits = st.inputBits - fmt.levelShift(st.startLevel);
+  }
+}
+
+const plans = new WeakMap<StageConfig, StagePlan>();
+
+/** The plan of a StageConfig (built on first use; configs are immutable). */
+export function planOf(st: StageConfig): StagePlan {
+  let p = plans.get(st);
+  if (p === undefined) {
+    p = new StagePlan(st);
+    plans.set(st, p);
+  }
+  return p;
+}
