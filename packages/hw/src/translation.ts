@@ -211,11 +211,12 @@ export interface MapProt {
 }
 
 /**
- * Descriptor bits a permission function reads: bits
+ * Descriptor bits a format function reads: bits
  * [loShift + loBits − 1 : loShift] of the low word and
- * [hiShift + hiBits − 1 : hiShift] of the high word (walk/plan.ts).
+ * [hiShift + hiBits − 1 : hiShift] of the high word (walk/plan.ts tabulates
+ * the function over them).
  */
-export interface PermBits {
+export interface DescBits {
   readonly loShift: number;
   readonly loBits: number;
   readonly hiShift: number;
@@ -255,13 +256,17 @@ export interface PageTableFormat {
    * layout is not a plain field (Arm 52-bit OA keeps OA[51:48] in [15:12]).
    */
   readonly addressHiMask: number | undefined;
-  /** The descriptor bits tableLimitW reads (the walker tabulates it over them; it must not depend on the level). */
-  readonly tableLimitBits: PermBits;
+  /** The descriptor bits decodeW reads, besides the reserved block address bits of blockReservedLo. */
+  readonly decodeBits: DescBits;
+  /** The descriptor bits tableLimitW reads (the walker tabulates it over them, per level). */
+  readonly tableLimitBits: DescBits;
   /** The descriptor bits leafPermsW reads (likewise). */
-  readonly leafPermBits: PermBits;
+  readonly leafPermBits: DescBits;
 
   /** Bit position of the lowest input bit translated by `level`: G + (3 − level)(G − 3). */
   levelShift(level: number): number;
+  /** Low-word bits of a block descriptor at `level` that decode makes a reserved-bit fault (VT-d large-page address bits; Arm: none). */
+  blockReservedLo(level: number): number;
   /** Is a leaf (block) allowed at this level? (ruling 7; VT-d: large-page capability). */
   blockAllowed(level: number, cfg: StageConfig): boolean;
   /** Classify a descriptor read at `level`. */

@@ -168,6 +168,8 @@ class ArmFormat extends WordFormat implements PageTableFormat {
   readonly execNeedsRead = false;
   readonly hw: HwUpdateRules;
   readonly addressHiMask: number | undefined;
+  /** Valid and type: bits [1:0]. */
+  readonly decodeBits = { loShift: 0, loBits: 2, hiShift: 0, hiBits: 0 };
   /** PXNTable, UXNTable, APTable[1:0]: bits [62:59]. */
   readonly tableLimitBits = { loShift: 0, loBits: 0, hiShift: ARM_DESC.PXNTABLE - 32, hiBits: 4 };
   /** AP[2:1] / S2AP [7:6]; PXN, UXN / XN[1:0] [54:53]. */
@@ -201,6 +203,10 @@ class ArmFormat extends WordFormat implements PageTableFormat {
 
   levelShift(level: number): number {
     return this.shifts[level + 1] as number;
+  }
+
+  blockReservedLo(): number {
+    return 0;
   }
 
   blockAllowed(level: number): boolean {

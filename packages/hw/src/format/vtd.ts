@@ -110,6 +110,8 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
   readonly maxOutputBits = 52;
   readonly execNeedsRead = true;
   readonly addressHiMask = HI_ADDR;
+  /** P [0] … PS [7]; XD [63]. */
+  readonly decodeBits = { loShift: 0, loBits: 8, hiShift: VTD_FS.XD - 32, hiBits: 1 };
   /** R/W [1], U/S [2]; XD [63]. */
   readonly tableLimitBits = FS_PERM_BITS;
   readonly leafPermBits = FS_PERM_BITS;
@@ -126,6 +128,11 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
     return levelShift(level);
   }
 
+  /** Large-page address bits [shift-1:13] are reserved (bit 12 is PAT). */
+  blockReservedLo(level: number): number {
+    return levelShift(level) >= 32 ? 0 : ((1 << levelShift(level)) - 1) & ~0x1fff;
+  }
+
   /** 2 MB pages always; 1 GB pages with CAP.FL1GP (StageConfig.large1G). */
   blockAllowed(level: number, cfg: StageConfig): boolean {
     return level === 2 || (level === 1 && cfg.large1G === true);
@@ -137,8 +144,7 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
     if (level === 3) return D_PAGE;
     if (lo & (1 << VTD_FS.PS)) {
       if (!this.blockAllowed(level, cfg)) return D_RESERVED;
-      // Large-page address bits [shift-1:13] are reserved (bit 12 is PAT).
-      if ((lo & ((1 << levelShift(level)) - 1) & ~0x1fff) !== 0) return D_RESERVED;
+      if ((lo & this.blockReservedLo(level)) !== 0) return D_RESERVED;
       return D_BLOCK;
     }
     return D_TABLE;
@@ -219,6 +225,8 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
   readonly maxOutputBits = 52;
   readonly execNeedsRead = true;
   readonly addressHiMask = HI_ADDR;
+  /** R [0] … PS [7]. */
+  readonly decodeBits = { loShift: 0, loBits: 8, hiShift: 0, hiBits: 0 };
   /** R [0], W [1], X [2]. */
   readonly tableLimitBits = SS_PERM_BITS;
   readonly leafPermBits = SS_PERM_BITS;
@@ -234,6 +242,11 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
     return levelShift(level);
   }
 
+  /** Superpage address bits [shift-1:12] are reserved. */
+  blockReservedLo(level: number): number {
+    return levelShift(level) >= 32 ? 0 : ((1 << levelShift(level)) - 1) & ~0xfff;
+  }
+
   /** Superpages per CAP.SLLPS: 2 MB (large2M), 1 GB (large1G). */
   blockAllowed(level: number, cfg: StageConfig): boolean {
     return (level === 2 && cfg.large2M === true) || (level === 1 && cfg.large1G === true);
@@ -244,7 +257,7 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
     if (level === 3) return D_PAGE;
     if (lo & (1 << VTD_SS.PS)) {
       if (!this.blockAllowed(level, cfg)) return D_RESERVED;
-      if ((lo & ((1 << levelShift(level)) - 1) & ~0xfff) !== 0) return D_RESERVED;
+      if ((lo & this.blockReservedLo(level)) !== 0) return D_RESERVED;
       return D_BLOCK;
     }
     return D_TABLE;

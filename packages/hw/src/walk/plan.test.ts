@@ -1,6 +1,6 @@
-// The walker's per-stage tables agree with the formats' own permission
-// functions: a format whose PermBits missed a bit its function reads would
-// make the walker grant or refuse differently from the format.
+// The walker's per-stage tables agree with the formats' own decode and
+// permission functions: a format whose DescBits missed a bit its function
+// reads would make the walker decode, grant or refuse differently.
 import { describe, expect, it } from "vitest";
 import { armStage1Config, armStage2Config } from "../format/arm.js";
 import { vtdFirstStageConfig, vtdSecondStageConfig } from "../format/vtd.js";
@@ -22,11 +22,13 @@ const CONFIGS: Record<string, StageConfig> = {
   "vtd fs NXE WPE": must(vtdFirstStageConfig({ levels: 5, fsptptr: 0x1000n, haw: 52, nxe: true, wpe: true, sre: true })),
   "vtd ss": must(vtdSecondStageConfig({ aw: 2, ssptptr: 0x1000n, haw: 48 })),
   "vtd ss SSEE": must(vtdSecondStageConfig({ aw: 3, ssptptr: 0x1000n, haw: 52, ssee: true })),
+  "vtd fs 1G": must(vtdFirstStageConfig({ levels: 4, fsptptr: 0x1000n, haw: 48, large1G: true })),
+  "vtd ss 2M 1G": must(vtdSecondStageConfig({ aw: 2, ssptptr: 0x1000n, haw: 48, large2M: true, large1G: true })),
 };
 
 describe("walk plan: tabulated permission functions", () => {
   for (const [name, st] of Object.entries(CONFIGS)) {
-    it(`${name}: table limits, leaf permissions and final permissions match the format on random descriptors`, () => {
+    it(`${name}: decode, table limits, leaf and final permissions match the format on random descriptors`, () => {
       const fmt = st.format;
       const plan = planOf(st);
       let seed = 0x2545f491;
@@ -37,11 +39,13 @@ describe("walk plan: tabulated permission functions", () => {
         return seed >>> 0;
       };
       for (let i = 0; i < 4000; i++) {
-        const lo = rnd();
+        const level = (i % 5) - 1;
+        // Every other descriptor without reserved block address bits, so valid blocks occur.
+        const lo = i & 1 ? (rnd() & ~fmt.blockReservedLo(level)) >>> 0 : rnd();
         const hi = rnd();
-        const level = (i % 4) as 0 | 1 | 2 | 3;
-        expect(plan.tableLimit.at(lo, hi)).toBe(fmt.tableLimitW(lo, hi, level, st));
-        expect(plan.leafPerms.at(lo, hi)).toBe(fmt.leafPermsW(lo, hi, level, st));
+        expect(plan.decodeW(lo, hi, level)).toBe(fmt.decodeW(lo, hi, level, st));
+        expect(plan.tableLimit.at(lo, hi, level)).toBe(fmt.tableLimitW(lo, hi, level, st));
+        expect(plan.leafPerms.at(lo, hi, level)).toBe(fmt.leafPermsW(lo, hi, level, st));
         const p = rnd() & PERM_ALL;
         expect(plan.finalPerms[p]).toBe(fmt.finalPerms(p, st));
       }

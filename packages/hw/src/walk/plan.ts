@@ -7,11 +7,13 @@
 // (the host, the bench), which costs about a third of a nested walk.
 //
 // The tables are filled by calling the format's own functions, so they agree
-// with them by construction as long as a format's PermBits names every bit its
+// with them by construction as long as a format's DescBits name every bit its
 // function reads (plan.test.ts checks this on random descriptors).
 
-import { PERM_ALL, type PermBits, type PermSet, type StageConfig } from "../translation.js";
+import { Desc, type DescBits, type DescType, PERM_ALL, type PermSet, type StageConfig } from "../translation.js";
 
+const D_BLOCK = Desc.BLOCK;
+const D_RESERVED = Desc.RESERVED;
 const POW2: readonly number[] = Array.from({ length: 65 }, (_, n) => 2 ** n);
 /** Permission sets are 6-bit masks (translation.ts Perm). */
 const PERM_SETS = 64;
@@ -21,37 +23,51 @@ function loMaskAbove(shift: number): number {
   return ~((1 << shift) - 1) >>> 0;
 }
 
-/** A permission function of a descriptor, tabulated over the bits it reads. */
-export class PermTable {
+/** A function of a descriptor (and level), tabulated over the descriptor bits it reads, for levels -1..3. */
+export class DescTable {
   private readonly loShift: number;
   private readonly loMask: number;
   private readonly loBits: number;
   private readonly hiShift: number;
   private readonly hiMask: number;
-  private readonly table: PermSet[] = [];
-  /** Some descriptor yields less than PERM_ALL. */
-  readonly restricts: boolean;
+  /** log2 of the entries per level. */
+  private readonly keyBits: number;
+  private readonly table: number[] = [];
 
-  constructor(bits: PermBits, f: (lo: number, hi: number) => PermSet) {
+  constructor(bits: DescBits, f: (lo: number, hi: number, level: number) => number) {
     this.loShift = bits.loShift;
     this.loBits = bits.loBits;
     this.loMask = (1 << bits.loBits) - 1;
     this.hiShift = bits.hiShift;
     this.hiMask = (1 << bits.hiBits) - 1;
-    for (let k = 0; k < 1 << (bits.loBits + bits.hiBits); k++) {
-      const lo = ((k & this.loMask) << this.loShift) >>> 0;
-      const hi = ((k >>> this.loBits) << this.hiShift) >>> 0;
-      this.table.push(f(lo, hi));
+    this.keyBits = bits.loBits + bits.hiBits;
+    for (let level = -1; level <= 3; level++) {
+      for (let k = 0; k < 1 << this.keyBits; k++) {
+        const lo = ((k & this.loMask) << this.loShift) >>> 0;
+        const hi = ((k >>> this.loBits) << this.hiShift) >>> 0;
+        this.table.push(f(lo, hi, level));
+      }
     }
-    this.restricts = this.table.some((p) => p !== PERM_ALL);
   }
 
-  at(lo: number, hi: number): PermSet {
-    return this.table[((lo >>> this.loShift) & this.loMask) | (((hi >>> this.hiShift) & this.hiMask) << this.loBits)] as PermSet;
+  at(lo: number, hi: number, level: number): number {
+    const key = ((lo >>> this.loShift) & this.loMask) | (((hi >>> this.hiShift) & this.hiMask) << this.loBits);
+    return this.table[((level + 1) << this.keyBits) | key] as number;
+  }
+
+  /** Some entry differs from `v`. */
+  differsFrom(v: number): boolean {
+    return this.table.some((x) => x !== v);
   }
 }
 
 export class StagePlan {
+  /** decodeW: the table's type, made RESERVED for a block with reserved address bits set. */
+  decodeW(lo: number, hi: number, level: number): DescType {
+    const t = this.decode.at(lo, hi, level) as DescType;
+    return t === D_BLOCK && (lo & (this.blockRsv[level + 1] as number)) !== 0 ? D_RESERVED : t;
+  }
+
   readonly root: number;
   /** levelShift(level) at index level + 1. */
   readonly shifts: number[] = [];
@@ -61,11 +77,14 @@ export class StagePlan {
   readonly granuleLo: number;
   /** High-word address mask, or -1 when the format's output layout is not a plain field. */
   readonly hiMask: number;
+  /** decodeW without the reserved block address bits, which blockRsv (index level + 1) holds. */
+  readonly decode: DescTable;
+  readonly blockRsv: number[] = [];
   /** tableLimitW, and whether it can restrict at all (else the walker skips it). */
-  readonly tableLimit: PermTable;
+  readonly tableLimit: DescTable;
   readonly tableLimits: boolean;
   /** leafPermsW. */
-  readonly leafPerms: PermTable;
+  readonly leafPerms: DescTable;
   /** finalPerms over every permission set. */
   readonly finalPerms: PermSet[] = [];
   readonly setTableA: boolean;
@@ -80,12 +99,14 @@ export class StagePlan {
       const sh = fmt.levelShift(l);
       this.shifts.push(sh);
       this.blockLo.push(sh < 32 ? loMaskAbove(sh) : -1);
+      this.blockRsv.push(fmt.blockReservedLo(l));
     }
+    this.decode = new DescTable(fmt.decodeBits, (lo, hi, level) => fmt.decodeW(lo, hi, level, st));
     this.granuleLo = loMaskAbove(fmt.granuleShift);
     this.hiMask = fmt.addressHiMask ?? -1;
-    this.tableLimit = new PermTable(fmt.tableLimitBits, (lo, hi) => fmt.tableLimitW(lo, hi, 3, st));
-    this.tableLimits = this.tableLimit.restricts;
-    this.leafPerms = new PermTable(fmt.leafPermBits, (lo, hi) => fmt.leafPermsW(lo, hi, 3, st));
+    this.tableLimit = new DescTable(fmt.tableLimitBits, (lo, hi, level) => fmt.tableLimitW(lo, hi, level, st));
+    this.tableLimits = this.tableLimit.differsFrom(PERM_ALL);
+    this.leafPerms = new DescTable(fmt.leafPermBits, (lo, hi, level) => fmt.leafPermsW(lo, hi, level, st));
     for (let p = 0; p < PERM_SETS; p++) this.finalPerms.push(fmt.finalPerms(p, st));
     this.setTableA = fmt.hw.accessInTables && st.ha === true;
     this.oaLimit = POW2[st.outputBits] as number;

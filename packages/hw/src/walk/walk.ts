@@ -345,7 +345,7 @@ function walkCore(
       ctx.reads.push(descPa);
       const lo = w[0] as number;
       const hi = w[1] as number;
-      const type: DescType = fmt.decodeW(lo, hi, level, st);
+      const type: DescType = plan.decodeW(lo, hi, level);
       if (visitor) {
         visitor({
           stage: p.stage,
@@ -366,7 +366,7 @@ function walkCore(
       if (out >= oaLimit) return fault(ctx, "address-size", p, level, access.kind, descPa, lo, hi);
 
       if (type === D_TABLE) {
-        if (tableLimits) limit &= tableLimit.at(lo, hi);
+        if (tableLimits) limit &= tableLimit.at(lo, hi, level);
         // VT-d sets A in every paging-structure entry it uses (x86 rule).
         if (setTableA && ((lo & aLo) | (hi & aHi)) === 0) {
           let nlo = (lo | aLo) >>> 0;
@@ -411,7 +411,7 @@ function walkCore(
           return fault(ctx, "access-flag", p, level, access.kind, descPa, lo, hi);
         }
       }
-      let perms = finalPerms[leafPerms.at(lo, hi) & limit] as PermSet;
+      let perms = finalPerms[leafPerms.at(lo, hi, level) & limit] as PermSet;
       let writeNeedsWalk = false;
       if (st.hd) {
         const dirty = hw.dirty;
@@ -421,7 +421,7 @@ function walkCore(
           if (clean && ((lo & hww.dirtyLo) | (hi & hww.dirtyHi)) !== 0) {
             const dlo = (dirty.writeBitMeansWritable ? lo | hww.writeLo : lo & ~hww.writeLo) >>> 0;
             const dhi = (dirty.writeBitMeansWritable ? hi | hww.writeHi : hi & ~hww.writeHi) >>> 0;
-            const dperms = finalPerms[leafPerms.at(dlo, dhi) & limit] as PermSet;
+            const dperms = finalPerms[leafPerms.at(dlo, dhi, level) & limit] as PermSet;
             if ((dperms & P_W) !== 0) {
               if (wantsWrite && allowed(dperms, access, fmt.execNeedsRead)) {
                 nlo = (dirty.writeBitMeansWritable ? nlo | hww.writeLo : nlo & ~hww.writeLo) >>> 0;
