@@ -278,6 +278,28 @@ function nestedFixture(s1Granule: ArmGranuleShift = 12, s2Granule: ArmGranuleShi
 }
 
 describe("nested walks", () => {
+  it("walks started inside a walk (a translating memory, a visitor) do not disturb it", () => {
+    const f = nestedFixture();
+    expect(mapRange(f.gview, f.s1, 0x1234_5000n, 0x4180_0000n, 0x1000n, { perms: PERM_RW }, { alloc: f.galloc }).ok).toBe(true);
+    const ref = expectOk(translate(f.mem, f.cfg, 0x1234_5678n, READ));
+    // Stage 1 walked in guest memory: every descriptor read is itself a stage-2 walk.
+    const viaView = expectOk(walkStage(f.gview, f.s1, 0x1234_5678n, READ));
+    expect(viaView.output).toBe(ref.ipa);
+    expect(viaView.descReads.length).toBe(4);
+    // A visitor that translates on every step.
+    let inner = 0;
+    const r = expectOk(
+      translate(f.mem, f.cfg, 0x1234_5678n, READ, {
+        visitor: () => {
+          if (expectOk(translate(f.mem, f.cfg, 0x1234_5000n, READ)).output === ref.output - 0x678n) inner++;
+        },
+      }),
+    );
+    expect(inner).toBe(24);
+    expect(r.output).toBe(ref.output);
+    expect(r.descReads).toEqual(ref.descReads);
+  });
+
   it("a cold 4×4 nested walk reads 24 descriptors, in architectural order (§5.2)", () => {
     const f = nestedFixture();
     // VA 0x1234_5000 → IPA in guest RAM (data page at IPA 0x4180_0000).

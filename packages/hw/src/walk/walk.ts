@@ -114,21 +114,28 @@ class Ok implements TranslationOk {
   }
 }
 
-/** Per-translation context shared by the stage walks (one allocation per translate). */
+/**
+ * Per-translation context shared by the stage walks. Reused: a finished
+ * translation leaves its context in `spare` for the next one (a translation
+ * started from a memory or visitor callback inside another finds none and
+ * makes its own), so a translation allocates little besides its result.
+ */
 interface Ctx {
-  readonly mem: PhysicalMemory;
-  readonly fast: boolean;
+  mem: PhysicalMemory;
+  fast: boolean;
   readonly w: Uint32Array;
   /** Nested: the stage-2 plan for table-address walks, and their reusable purpose. */
-  readonly s2Plan: StagePlan | undefined;
+  s2Plan: StagePlan | undefined;
   readonly tablePurpose: { stage: 2; cls: FaultClass; ipa: number; s1Level: number; step: "table" };
   /** The transaction's input address (reported in every fault). */
-  readonly input: bigint;
-  readonly privileged: boolean;
+  input: bigint;
+  privileged: boolean;
+  /** Descriptor PAs read so far: reads[0 .. nReads), copied into the result. */
   readonly reads: number[];
-  readonly visitor: ((step: WalkStep) => void) | undefined;
+  nReads: number;
+  visitor: ((step: WalkStep) => void) | undefined;
   /** Nested: the stage-2 config through which stage-1 table addresses go. */
-  readonly s2ForTables: StageConfig | undefined;
+  s2ForTables: StageConfig | undefined;
   // Result registers written by a successful walkCore.
   rOut: number;
   rLevel: number;
@@ -181,6 +188,8 @@ function fault(
   };
 }
 
+let spare: Ctx | undefined;
+
 function makeCtx(
   mem: PhysicalMemory,
   input: bigint,
@@ -188,27 +197,52 @@ function makeCtx(
   opts: WalkOptions | undefined,
   s2ForTables?: StageConfig,
 ): Ctx {
-  return {
-    mem,
-    fast: typeof mem.read64Split === "function",
-    w: WORDS,
-    s2Plan: s2ForTables === undefined ? undefined : planOf(s2ForTables),
-    tablePurpose: { stage: 2, cls: "TT", ipa: 0, s1Level: 0, step: "table" },
-    input,
-    privileged: access.privileged,
-    reads: [],
-    visitor: opts?.visitor,
-    s2ForTables,
-    rOut: 0,
-    rLevel: 0,
-    rShift: 0,
-    rPerms: 0,
-    rLo: 0,
-    rHi: 0,
-    rDescAddr: 0,
-    rWnw: false,
-    rGlobal: false,
-  };
+  const c = spare;
+  spare = undefined;
+  if (c === undefined) {
+    return {
+      mem,
+      fast: typeof mem.read64Split === "function",
+      w: WORDS,
+      s2Plan: s2ForTables === undefined ? undefined : planOf(s2ForTables),
+      tablePurpose: { stage: 2, cls: "TT", ipa: 0, s1Level: 0, step: "table" },
+      input,
+      privileged: access.privileged,
+      reads: [],
+      nReads: 0,
+      visitor: opts?.visitor,
+      s2ForTables,
+      rOut: 0,
+      rLevel: 0,
+      rShift: 0,
+      rPerms: 0,
+      rLo: 0,
+      rHi: 0,
+      rDescAddr: 0,
+      rWnw: false,
+      rGlobal: false,
+    };
+  }
+  c.mem = mem;
+  c.fast = typeof mem.read64Split === "function";
+  c.s2Plan = s2ForTables === undefined ? undefined : planOf(s2ForTables);
+  c.input = input;
+  c.privileged = access.privileged;
+  c.nReads = 0;
+  c.visitor = opts?.visitor;
+  c.s2ForTables = s2ForTables;
+  return c;
+}
+
+/** End of a translation: its context becomes the spare; the result passes through. */
+function done(ctx: Ctx, r: TranslationResult): TranslationResult {
+  spare = ctx;
+  return r;
+}
+
+/** The descriptor PAs this translation read, for its result. */
+function readsOf(ctx: Ctx): number[] {
+  return ctx.reads.slice(0, ctx.nReads);
 }
 
 /** Read the descriptor at `pa` into ctx.w; returns false on an abort. */
@@ -342,7 +376,7 @@ function walkCore(
         // F_WALK_EABT: CLASS TT for a stage-1 table fetch, FetchAddr = descriptor PA.
         return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, p.stage === 1 ? "TT" : p.cls);
       }
-      ctx.reads.push(descPa);
+      ctx.reads[ctx.nReads++] = descPa;
       const lo = w[0] as number;
       const hi = w[1] as number;
       const type: DescType = plan.decodeW(lo, hi, level);
@@ -549,7 +583,7 @@ function walkSingle(ctx: Ctx, st: StageConfig, input: bigint, access: AccessRequ
     s.perms,
     p.stage === 1 ? s : undefined,
     p.stage === 2 ? s : undefined,
-    ctx.reads,
+    readsOf(ctx),
   );
 }
 
@@ -567,12 +601,15 @@ export function walkStage(
 ): TranslationResult {
   const ctx = makeCtx(mem, input, access, opts);
   const stageNo = stage.format.stage;
-  return walkSingle(ctx, stage, input, access, {
-    stage: stageNo,
-    cls: "IN",
-    ipa: stageNo === 2 ? input : undefined,
-    step: stageNo === 2 ? "output" : undefined,
-  });
+  return done(
+    ctx,
+    walkSingle(ctx, stage, input, access, {
+      stage: stageNo,
+      cls: "IN",
+      ipa: stageNo === 2 ? input : undefined,
+      step: stageNo === 2 ? "output" : undefined,
+    }),
+  );
 }
 
 export interface TranslateIpaOptions extends WalkOptions {
@@ -595,7 +632,7 @@ export function translateIpa(
   opts?: TranslateIpaOptions,
 ): TranslationResult {
   const ctx = makeCtx(mem, opts?.input ?? ipa, access, opts);
-  return walkSingle(ctx, s2, ipa, access, { stage: 2, cls: opts?.cls ?? "IN", ipa, step: "ipa" });
+  return done(ctx, walkSingle(ctx, s2, ipa, access, { stage: 2, cls: opts?.cls ?? "IN", ipa, step: "ipa" }));
 }
 
 /**
@@ -624,8 +661,10 @@ export function translate(
       };
     case "bypass":
       return new Ok(input, -1, -1, 12, 3, P_ALL, undefined, undefined, []);
-    case "s1":
-      return walkSingle(makeCtx(mem, input, access, opts), cfg.s1, input, access, { stage: 1, cls: "IN" });
+    case "s1": {
+      const ctx = makeCtx(mem, input, access, opts);
+      return done(ctx, walkSingle(ctx, cfg.s1, input, access, { stage: 1, cls: "IN" }));
+    }
     case "s2": {
       if (cfg.s1BypassInputBits !== undefined && input >> BigInt(cfg.s1BypassInputBits) !== 0n) {
         // Stage 1 bypassed and input ≥ 2^IAS: stage-1 address-size fault (SMMUv3 §3.4, QEMU).
@@ -641,34 +680,39 @@ export function translate(
         };
       }
       const ctx = makeCtx(mem, input, access, opts);
-      return walkSingle(ctx, cfg.s2, input, access, { stage: 2, cls: "IN", ipa: input, step: "output" });
+      return done(ctx, walkSingle(ctx, cfg.s2, input, access, { stage: 2, cls: "IN", ipa: input, step: "output" }));
     }
     case "nested": {
       const ctx = makeCtx(mem, input, access, opts, cfg.s1TablesIpa !== false ? cfg.s2 : undefined);
-      const p1: Purpose = { stage: 1, cls: "IN" };
-      const k = splitInput(cfg.s1, input, split);
-      if (k !== undefined) return rangeFault(ctx, k, p1, cfg.s1, access);
-      const f1 = walkCore(ctx, cfg.s1, planOf(cfg.s1), split.lo, split.hi, access, p1);
-      if (f1 !== undefined) return f1;
-      const s1 = stageOut(ctx);
-      const ipa = ctx.rOut;
-      const p2: Purpose = { stage: 2, cls: "IN", ipa, step: "output" };
-      if (ipa >= (POW2[cfg.s2.inputBits] as number)) return rangeFault(ctx, "input-range", p2, cfg.s2, access);
-      const f2 = walkCore(ctx, cfg.s2, ctx.s2Plan ?? planOf(cfg.s2), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
-      if (f2 !== undefined) return f2;
-      const s2 = stageOut(ctx);
-      const s1Smaller = s1.pageShift <= s2.pageShift;
-      return new Ok(
-        input,
-        s2.outNum,
-        s1.outNum,
-        s1Smaller ? s1.pageShift : s2.pageShift,
-        s1Smaller ? s1.level : s2.level,
-        s1.perms & s2.perms,
-        s1,
-        s2,
-        ctx.reads,
-      );
+      return done(ctx, walkNested(ctx, cfg, input, access));
     }
   }
+}
+
+/** Stage 1 (its table addresses through stage 2 unless s1TablesIpa is false), then its output through stage 2. */
+function walkNested(ctx: Ctx, cfg: Extract<TranslationConfig, { mode: "nested" }>, input: bigint, access: AccessRequest): TranslationResult {
+  const p1: Purpose = { stage: 1, cls: "IN" };
+  const k = splitInput(cfg.s1, input, split);
+  if (k !== undefined) return rangeFault(ctx, k, p1, cfg.s1, access);
+  const f1 = walkCore(ctx, cfg.s1, planOf(cfg.s1), split.lo, split.hi, access, p1);
+  if (f1 !== undefined) return f1;
+  const s1 = stageOut(ctx);
+  const ipa = ctx.rOut;
+  const p2: Purpose = { stage: 2, cls: "IN", ipa, step: "output" };
+  if (ipa >= (POW2[cfg.s2.inputBits] as number)) return rangeFault(ctx, "input-range", p2, cfg.s2, access);
+  const f2 = walkCore(ctx, cfg.s2, ctx.s2Plan ?? planOf(cfg.s2), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
+  if (f2 !== undefined) return f2;
+  const s2 = stageOut(ctx);
+  const s1Smaller = s1.pageShift <= s2.pageShift;
+  return new Ok(
+    input,
+    s2.outNum,
+    s1.outNum,
+    s1Smaller ? s1.pageShift : s2.pageShift,
+    s1Smaller ? s1.level : s2.level,
+    s1.perms & s2.perms,
+    s1,
+    s2,
+    readsOf(ctx),
+  );
 }
