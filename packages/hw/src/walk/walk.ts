@@ -127,6 +127,8 @@ interface Ctx {
   /** Nested: the stage-2 plan for table-address walks, and their reusable purpose. */
   s2Plan: StagePlan | undefined;
   readonly tablePurpose: { stage: 2; cls: FaultClass; ipa: number; s1Level: number; step: "table" };
+  /** Nested: the reusable purpose of the stage-2 walk of the stage-1 output. */
+  readonly outputPurpose: { stage: 2; cls: FaultClass; ipa: number; step: "output" };
   /** The transaction's input address (reported in every fault). */
   input: bigint;
   privileged: boolean;
@@ -158,6 +160,9 @@ interface Purpose {
   readonly s1Level?: number;
   readonly step?: "table" | "output" | "ipa";
 }
+
+/** The purpose of every stage-1 walk of a transaction. */
+const S1_IN: Purpose = Object.freeze({ stage: 1, cls: "IN" });
 
 function fault(
   ctx: Ctx,
@@ -206,6 +211,7 @@ function makeCtx(
       w: WORDS,
       s2Plan: s2ForTables === undefined ? undefined : planOf(s2ForTables),
       tablePurpose: { stage: 2, cls: "TT", ipa: 0, s1Level: 0, step: "table" },
+      outputPurpose: { stage: 2, cls: "IN", ipa: 0, step: "output" },
       input,
       privileged: access.privileged,
       reads: [],
@@ -663,7 +669,7 @@ export function translate(
       return new Ok(input, -1, -1, 12, 3, P_ALL, undefined, undefined, []);
     case "s1": {
       const ctx = makeCtx(mem, input, access, opts);
-      return done(ctx, walkSingle(ctx, cfg.s1, input, access, { stage: 1, cls: "IN" }));
+      return done(ctx, walkSingle(ctx, cfg.s1, input, access, S1_IN));
     }
     case "s2": {
       if (cfg.s1BypassInputBits !== undefined && input >> BigInt(cfg.s1BypassInputBits) !== 0n) {
@@ -691,14 +697,15 @@ export function translate(
 
 /** Stage 1 (its table addresses through stage 2 unless s1TablesIpa is false), then its output through stage 2. */
 function walkNested(ctx: Ctx, cfg: Extract<TranslationConfig, { mode: "nested" }>, input: bigint, access: AccessRequest): TranslationResult {
-  const p1: Purpose = { stage: 1, cls: "IN" };
+  const p1 = S1_IN;
   const k = splitInput(cfg.s1, input, split);
   if (k !== undefined) return rangeFault(ctx, k, p1, cfg.s1, access);
   const f1 = walkCore(ctx, cfg.s1, planOf(cfg.s1), split.lo, split.hi, access, p1);
   if (f1 !== undefined) return f1;
   const s1 = stageOut(ctx);
   const ipa = ctx.rOut;
-  const p2: Purpose = { stage: 2, cls: "IN", ipa, step: "output" };
+  const p2 = ctx.outputPurpose;
+  p2.ipa = ipa;
   if (ipa >= (POW2[cfg.s2.inputBits] as number)) return rangeFault(ctx, "input-range", p2, cfg.s2, access);
   const f2 = walkCore(ctx, cfg.s2, ctx.s2Plan ?? planOf(cfg.s2), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
   if (f2 !== undefined) return f2;
