@@ -14,7 +14,8 @@ import { Desc, type DescBits, type DescType, PERM_ALL, type PermSet, type StageC
 
 const D_BLOCK = Desc.BLOCK;
 const D_RESERVED = Desc.RESERVED;
-const POW2: readonly number[] = Array.from({ length: 65 }, (_, n) => 2 ** n);
+/** POW2[n] = 2^n for n in 0..64 (exact doubles), to keep Math.pow off the hot path. */
+export const POW2: readonly number[] = Array.from({ length: 65 }, (_, n) => 2 ** n);
 /** Permission sets are 6-bit masks (translation.ts Perm). */
 const PERM_SETS = 64;
 

@@ -16,9 +16,11 @@
 // Hot path: descriptors are handled as two 32-bit halves and addresses as
 // numbers (all table and output addresses are below 2^52, exact in a double);
 // bigint appears only at the API boundary, in faults, and in A/D write-backs.
+// The format is consulted through its StagePlan (plan.ts): level shifts,
+// address masks and decode/permission tables, so the level loop makes no
+// format calls; a translation's context is reused by the next one.
 
 import type { PhysicalMemory } from "../memory.js";
-import { planOf, type StagePlan } from "./plan.js";
 import {
   type AccessRequest,
   Desc,
@@ -38,6 +40,7 @@ import {
   type WalkStep,
   permits,
 } from "../translation.js";
+import { POW2, planOf, type StagePlan } from "./plan.js";
 
 // Local snapshots of imported constants: module-namespace getters (as emitted
 // by tsx / vite transforms) would otherwise sit on the hot path.
@@ -53,8 +56,6 @@ const allowed = permits;
 const MAX_CAS_RETRIES = 4;
 const TWO32 = 4294967296;
 const MAX_EXACT = 2 ** 53;
-/** POW2[n] = 2^n for n in 0..64 (exact doubles), to keep Math.pow off the hot path. */
-const POW2: readonly number[] = Array.from({ length: 65 }, (_, n) => 2 ** n);
 /** Scratch for descriptor reads: consumed immediately after each read, so one per module is enough. */
 const WORDS = new Uint32Array(2);
 
