@@ -1,4 +1,4 @@
-// IOTLB keys, permissions on hits, LRU eviction without flush-all, every
+// IOTLB keys, permissions on hits, CLOCK eviction without flush-all, every
 // invalidation kind, and range-invalidation edges (TTL, SCALE/NUM).
 
 import { describe, expect, it } from "vitest";
