@@ -78,6 +78,9 @@ describe("IOTLB keys and lookups", () => {
     expect(t.lookup(1, 1, 0x0000_ffff_ffff_f000n)).toBeUndefined();
     expect(t.lookup(1, 1, 0x00ff_ffff_ffff_f000n)).toBeUndefined();
     expect(t.lookup(1, 1, 0xffff_ffff_ffff_f123n)?.output).toBe(0x1000n);
+    // translate takes the bigint path for inputs a number cannot hold exactly.
+    expect(t.translate(1, 1, 0xffff_ffff_ffff_f123n, READ)).toMatchObject({ ok: true, output: 0x1123n });
+    expect(t.translate(1, 1, 0x0000_ffff_ffff_f123n, READ)).toBeUndefined();
   });
 
   it("refuses an entry whose size does not match its granule and level", () => {

@@ -297,7 +297,7 @@ export class Iotlb {
    */
   translate(s1Tag: number, s2Tag: number, iova: bigint, access: AccessRequest): TranslationOk | TranslationFault | undefined {
     const num = Number(iova);
-    const exact = num < MAX_EXACT;
+    const exact = num >= 0 && num < MAX_EXACT;
     const e = exact ? this.lookupVpn(s1Tag, s2Tag, Math.floor(num / 4096)) : (this.lookup(s1Tag, s2Tag, iova) as Node | undefined);
     if (e === undefined) return undefined;
     if (access.kind === "write" && e.writeNeedsWalk && access.probe !== true) {
