@@ -72,8 +72,6 @@ function levelShift(level: number): number {
   return 12 + (3 - level) * 9;
 }
 
-
-
 // Local snapshots of imported constants (keeps module-namespace getters off the hot path).
 const D_INVALID = Desc.INVALID;
 const D_TABLE = Desc.TABLE;
@@ -97,19 +95,61 @@ const HI_ADDR = 0xfffff; // address bits [51:32]
 const FS_PERM_BITS = { loShift: VTD_FS.RW, loBits: 2, hiShift: VTD_FS.XD - 32, hiBits: 1 };
 const SS_PERM_BITS = { loShift: VTD_SS.R, loBits: 3, hiShift: 0, hiBits: 0 };
 const HI_XD = 0x80000000; // bit 63
+const PS_BIT = 1 << VTD_FS.PS; // = VTD_SS.PS
 
-class VtdFirstStage extends WordFormat implements PageTableFormat {
-  readonly name = "vtd-fs";
-  readonly family = "vtd-first-stage" as const;
-  readonly stage = 1 as const;
+/**
+ * What the VT-d first- and second-stage formats share: 4 KiB tables of 512
+ * entries, 4 or 5 levels (3 for a 39-bit second stage), 52-bit addresses in
+ * bits [51:12], PS [7] marking a large page, execute needing read, and no
+ * permission adjustment after the walk.
+ */
+abstract class VtdFormat extends WordFormat {
   readonly granuleShift = 12;
   readonly bitsPerLevel = 9;
   readonly minLevel = -1;
-  readonly minInputBits = 48;
   readonly maxInputBits = 57;
   readonly maxOutputBits = 52;
   readonly execNeedsRead = true;
   readonly addressHiMask = HI_ADDR;
+  /** Lowest large-page address bit that is reserved (bits below it are attributes). */
+  protected abstract readonly reservedFrom: number;
+
+  abstract blockAllowed(level: number, cfg: StageConfig): boolean;
+
+  levelShift(level: number): number {
+    return levelShift(level);
+  }
+
+  /** Large-page address bits [shift-1:reservedFrom] are reserved. */
+  blockReservedLo(level: number): number {
+    const shift = levelShift(level);
+    return shift >= 32 ? 0 : ((1 << shift) - 1) & ~((1 << this.reservedFrom) - 1);
+  }
+
+  /** The type of a present entry: a page at the last level, else PS [7] picks a large page (if allowed, without reserved bits) or a table. */
+  protected presentType(lo: number, level: number, cfg: StageConfig): DescType {
+    if (level === 3) return D_PAGE;
+    if ((lo & PS_BIT) === 0) return D_TABLE;
+    if (!this.blockAllowed(level, cfg) || (lo & this.blockReservedLo(level)) !== 0) return D_RESERVED;
+    return D_BLOCK;
+  }
+
+  outputAddressW(lo: number, hi: number, level: number, type: DescType): number {
+    return addrFromWords(lo, hi, type === D_BLOCK ? levelShift(level) : 12, HI_ADDR);
+  }
+
+  finalPerms(perms: PermSet): PermSet {
+    return perms;
+  }
+}
+
+class VtdFirstStage extends VtdFormat implements PageTableFormat {
+  readonly name = "vtd-fs";
+  readonly family = "vtd-first-stage" as const;
+  readonly stage = 1 as const;
+  readonly minInputBits = 48;
+  /** Bit 12 of a large page is PAT. */
+  protected readonly reservedFrom = 13;
   /** P [0] … PS [7]; XD [63]. */
   readonly decodeBits = { loShift: 0, loBits: 8, hiShift: VTD_FS.XD - 32, hiBits: 1 };
   /** R/W [1], U/S [2]; XD [63]. */
@@ -124,15 +164,6 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
     words: hwWords(FS_ACCESS, FS_DIRTY),
   };
 
-  levelShift(level: number): number {
-    return levelShift(level);
-  }
-
-  /** Large-page address bits [shift-1:13] are reserved (bit 12 is PAT). */
-  blockReservedLo(level: number): number {
-    return levelShift(level) >= 32 ? 0 : ((1 << levelShift(level)) - 1) & ~0x1fff;
-  }
-
   /** 2 MB pages always; 1 GB pages with CAP.FL1GP (StageConfig.large1G). */
   blockAllowed(level: number, cfg: StageConfig): boolean {
     return level === 2 || (level === 1 && cfg.large1G === true);
@@ -141,17 +172,7 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
   decodeW(lo: number, hi: number, level: number, cfg: StageConfig): DescType {
     if ((lo & 1) === 0) return D_INVALID;
     if (!cfg.nxe && (hi & HI_XD) !== 0) return D_RESERVED; // XD is reserved unless NXE
-    if (level === 3) return D_PAGE;
-    if (lo & (1 << VTD_FS.PS)) {
-      if (!this.blockAllowed(level, cfg)) return D_RESERVED;
-      if ((lo & this.blockReservedLo(level)) !== 0) return D_RESERVED;
-      return D_BLOCK;
-    }
-    return D_TABLE;
-  }
-
-  outputAddressW(lo: number, hi: number, level: number, type: DescType): number {
-    return addrFromWords(lo, hi, type === D_BLOCK ? levelShift(level) : 12, HI_ADDR);
+    return this.presentType(lo, level, cfg);
   }
 
   /** Every level's R/W, U/S and XD restrict what lies below (x86 rule: AND over the walk). */
@@ -161,10 +182,6 @@ class VtdFirstStage extends WordFormat implements PageTableFormat {
 
   leafPermsW(lo: number, hi: number, _level: number, cfg: StageConfig): PermSet {
     return fsPerms(lo, hi, cfg);
-  }
-
-  finalPerms(perms: PermSet): PermSet {
-    return perms;
   }
 
   isGlobalW(lo: number): boolean {
@@ -213,18 +230,12 @@ function fsPerms(lo: number, hi: number, cfg: StageConfig): PermSet {
   return p;
 }
 
-class VtdSecondStage extends WordFormat implements PageTableFormat {
+class VtdSecondStage extends VtdFormat implements PageTableFormat {
   readonly name = "vtd-ss";
   readonly family = "vtd-second-stage" as const;
   readonly stage = 2 as const;
-  readonly granuleShift = 12;
-  readonly bitsPerLevel = 9;
-  readonly minLevel = -1;
   readonly minInputBits = 39;
-  readonly maxInputBits = 57;
-  readonly maxOutputBits = 52;
-  readonly execNeedsRead = true;
-  readonly addressHiMask = HI_ADDR;
+  protected readonly reservedFrom = 12;
   /** R [0] … PS [7]. */
   readonly decodeBits = { loShift: 0, loBits: 8, hiShift: 0, hiBits: 0 };
   /** R [0], W [1], X [2]. */
@@ -238,15 +249,6 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
     words: hwWords(SS_ACCESS, SS_DIRTY),
   };
 
-  levelShift(level: number): number {
-    return levelShift(level);
-  }
-
-  /** Superpage address bits [shift-1:12] are reserved. */
-  blockReservedLo(level: number): number {
-    return levelShift(level) >= 32 ? 0 : ((1 << levelShift(level)) - 1) & ~0xfff;
-  }
-
   /** Superpages per CAP.SLLPS: 2 MB (large2M), 1 GB (large1G). */
   blockAllowed(level: number, cfg: StageConfig): boolean {
     return (level === 2 && cfg.large2M === true) || (level === 1 && cfg.large1G === true);
@@ -254,17 +256,7 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
 
   decodeW(lo: number, _hi: number, level: number, cfg: StageConfig): DescType {
     if ((lo & 3) === 0) return D_INVALID; // present = R|W (Linux dma_pte_present)
-    if (level === 3) return D_PAGE;
-    if (lo & (1 << VTD_SS.PS)) {
-      if (!this.blockAllowed(level, cfg)) return D_RESERVED;
-      if ((lo & this.blockReservedLo(level)) !== 0) return D_RESERVED;
-      return D_BLOCK;
-    }
-    return D_TABLE;
-  }
-
-  outputAddressW(lo: number, hi: number, level: number, type: DescType): number {
-    return addrFromWords(lo, hi, type === D_BLOCK ? levelShift(level) : 12, HI_ADDR);
+    return this.presentType(lo, level, cfg);
   }
 
   tableLimitW(lo: number, _hi: number, _level: number, cfg: StageConfig): PermSet {
@@ -273,10 +265,6 @@ class VtdSecondStage extends WordFormat implements PageTableFormat {
 
   leafPermsW(lo: number, _hi: number, _level: number, cfg: StageConfig): PermSet {
     return ssPerms(lo, cfg);
-  }
-
-  finalPerms(perms: PermSet): PermSet {
-    return perms;
   }
 
   isGlobalW(): boolean {
