@@ -63,6 +63,11 @@ export class DescTable {
 }
 
 export class StagePlan {
+  /** A leaf's permissions under the table limits: finalPerms(leafPermsW(desc) & limit). */
+  leafPermsUnder(lo: number, hi: number, level: number, limit: PermSet): PermSet {
+    return this.finalPerms[this.leafPerms.at(lo, hi, level) & limit] as PermSet;
+  }
+
   /** decodeW: the table's type, made RESERVED for a block with reserved address bits set. */
   decodeW(lo: number, hi: number, level: number): DescType {
     const t = this.decode.at(lo, hi, level) as DescType;

@@ -351,7 +351,7 @@ function walkCore(
   // Loop invariants kept in locals (property loads per level add up over 24 levels).
   const aLo = hww.accessLo;
   const aHi = hww.accessHi;
-  const { shifts, blockLo, granuleLo, hiMask, tableLimit, tableLimits, leafPerms, finalPerms, setTableA, oaLimit, startBits } = plan;
+  const { shifts, blockLo, granuleLo, hiMask, tableLimit, tableLimits, setTableA, oaLimit, startBits } = plan;
   const w = ctx.w;
   const probe = access.probe === true;
   const wantsWrite = access.kind === "write" && !probe;
@@ -437,10 +437,10 @@ function walkCore(
       let nhi = hi;
       let checkedWrite = false;
       // Access flag (before permission: ruling 2).
-      if (((lo & hww.accessLo) | (hi & hww.accessHi)) === 0) {
+      if (((lo & aLo) | (hi & aHi)) === 0) {
         if (st.ha) {
-          nlo = (nlo | hww.accessLo) >>> 0;
-          nhi = (nhi | hww.accessHi) >>> 0;
+          nlo = (nlo | aLo) >>> 0;
+          nhi = (nhi | aHi) >>> 0;
           if (st.eafe && hw.extendedAccessBit !== undefined) nlo = (nlo | Number(hw.extendedAccessBit & 0xffffffffn)) >>> 0;
           if (nested) {
             // Ruling 9: the AF update writes the descriptor's IPA; stage 2 must allow the write.
@@ -452,7 +452,7 @@ function walkCore(
           return fault(ctx, "access-flag", p, level, access.kind, descPa, lo, hi);
         }
       }
-      let perms = finalPerms[leafPerms.at(lo, hi, level) & limit] as PermSet;
+      let perms = plan.leafPermsUnder(lo, hi, level, limit);
       let writeNeedsWalk = false;
       if (st.hd) {
         const dirty = hw.dirty;
@@ -462,7 +462,7 @@ function walkCore(
           if (clean && ((lo & hww.dirtyLo) | (hi & hww.dirtyHi)) !== 0) {
             const dlo = (dirty.writeBitMeansWritable ? lo | hww.writeLo : lo & ~hww.writeLo) >>> 0;
             const dhi = (dirty.writeBitMeansWritable ? hi | hww.writeHi : hi & ~hww.writeHi) >>> 0;
-            const dperms = finalPerms[leafPerms.at(dlo, dhi, level) & limit] as PermSet;
+            const dperms = plan.leafPermsUnder(dlo, dhi, level, limit);
             if ((dperms & P_W) !== 0) {
               if (wantsWrite && allowed(dperms, access, fmt.execNeedsRead)) {
                 nlo = (dirty.writeBitMeansWritable ? nlo | hww.writeLo : nlo & ~hww.writeLo) >>> 0;
