@@ -10,7 +10,7 @@
 // with them by construction as long as a format's DescBits name every bit its
 // function reads (plan.test.ts checks this on random descriptors).
 
-import { Desc, type DescBits, type DescType, PERM_ALL, type PermSet, type StageConfig } from "../translation.js";
+import { Desc, type DescBits, type DescType, PERM_ALL, type PageTableFormat, type PermSet, type StageConfig } from "../translation.js";
 
 const D_BLOCK = Desc.BLOCK;
 const D_RESERVED = Desc.RESERVED;
@@ -74,7 +74,35 @@ export class StagePlan {
     return t === D_BLOCK && (lo & (this.blockRsv[level + 1] as number)) !== 0 ? D_RESERVED : t;
   }
 
+  /** The format, for what the tables do not cover (output layouts that are not a plain field, isGlobalW). */
+  readonly format: PageTableFormat;
   readonly root: number;
+  readonly start: number;
+  /** 2^inputBits. */
+  readonly inputLimit: number;
+  readonly bitsPerLevel: number;
+  /** A start level or width the builders would have refused (a hand-built StageConfig): walks fault. */
+  readonly badGeometry: boolean;
+  /** VT-d first stage with SRE=0: supervisor requests are blocked. */
+  readonly blocksPrivileged: boolean;
+  readonly execNeedsRead: boolean;
+  // Hardware A/D rules (format.hw.words under the StageConfig's switches).
+  readonly aLo: number;
+  readonly aHi: number;
+  /** The extended-accessed bit set with A (low word; 0 without EAFE). */
+  readonly eaLo: number;
+  readonly dirtyLo: number;
+  readonly dirtyHi: number;
+  readonly writeLo: number;
+  readonly writeHi: number;
+  /** HA: hardware sets the access flag. */
+  readonly ha: boolean;
+  /** An unset access flag faults (no HA, no AFFD, and the format faults on it). */
+  readonly afFaults: boolean;
+  /** HD: hardware sets dirty state; dbm: Arm DBM style, else a dirty bit. */
+  readonly hd: boolean;
+  readonly dbm: boolean;
+  readonly writeBitMeansWritable: boolean;
   /** levelShift(level) at index level + 1. */
   readonly shifts: number[] = [];
   /** Lo-word address mask of a block at index level + 1; -1 = ask the format. */
@@ -100,7 +128,21 @@ export class StagePlan {
 
   constructor(st: StageConfig) {
     const fmt = st.format;
+    const hw = fmt.hw;
+    this.format = fmt;
     this.root = Number(st.root);
+    this.start = st.startLevel;
+    this.inputLimit = POW2[st.inputBits] as number;
+    this.bitsPerLevel = fmt.bitsPerLevel;
+    this.blocksPrivileged = fmt.family === "vtd-first-stage" && st.sre === false;
+    this.execNeedsRead = fmt.execNeedsRead;
+    ({ accessLo: this.aLo, accessHi: this.aHi, dirtyLo: this.dirtyLo, dirtyHi: this.dirtyHi, writeLo: this.writeLo, writeHi: this.writeHi } = hw.words);
+    this.eaLo = st.eafe === true && hw.extendedAccessBit !== undefined ? Number(hw.extendedAccessBit & 0xffffffffn) : 0;
+    this.ha = st.ha === true;
+    this.afFaults = hw.accessFault && st.affd !== true;
+    this.hd = st.hd === true;
+    this.dbm = hw.dirty.style === "dbm";
+    this.writeBitMeansWritable = hw.dirty.style === "dbm" && hw.dirty.writeBitMeansWritable;
     for (let l = -1; l <= 3; l++) {
       const sh = fmt.levelShift(l);
       this.shifts.push(sh);
@@ -117,6 +159,7 @@ export class StagePlan {
     this.setTableA = fmt.hw.accessInTables && st.ha === true;
     this.oaLimit = POW2[st.outputBits] as number;
     this.startBits = st.inputBits - fmt.levelShift(st.startLevel);
+    this.badGeometry = this.start < -1 || this.start > 3 || this.startBits < 1 || this.startBits > fmt.bitsPerLevel + 4;
   }
 }
 

@@ -66,13 +66,13 @@ function toBig(lo: number, hi: number): bigint {
   return (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
 }
 
-/** A stage result; desc/descAddr are converted to bigint only when read. */
+/** A stage result; desc/descAddr are converted to bigint, and global decoded, only when read. */
 class StageOut implements StageOutcome {
   constructor(
+    /** @internal */ readonly plan: StagePlan,
     readonly level: number,
     readonly pageShift: number,
     readonly perms: PermSet,
-    readonly global: boolean,
     readonly writeNeedsWalk: boolean,
     /** @internal */ readonly outNum: number,
     /** @internal */ readonly descLo: number,
@@ -81,6 +81,9 @@ class StageOut implements StageOutcome {
   ) {}
   get output(): bigint {
     return BigInt(this.outNum);
+  }
+  get global(): boolean {
+    return this.plan.format.isGlobalW(this.descLo, this.descHi);
   }
   get desc(): bigint {
     return toBig(this.descLo, this.descHi);
@@ -127,9 +130,9 @@ interface Ctx {
   readonly w: Uint32Array;
   /** Nested: the stage-2 plan for table-address walks, and their reusable purpose. */
   s2Plan: StagePlan | undefined;
-  readonly tablePurpose: { stage: 2; cls: FaultClass; ipa: number; s1Level: number; step: "table" };
+  readonly tablePurpose: Purpose;
   /** Nested: the reusable purpose of the stage-2 walk of the stage-1 output. */
-  readonly outputPurpose: { stage: 2; cls: FaultClass; ipa: number; step: "output" };
+  readonly outputPurpose: Purpose;
   /** The transaction's input address (reported in every fault). */
   input: bigint;
   privileged: boolean;
@@ -148,22 +151,23 @@ interface Ctx {
   rHi: number;
   rDescAddr: number;
   rWnw: boolean;
-  rGlobal: boolean;
 }
 
-/** Why a stage walk runs (for fault fields and visitor steps). */
-interface Purpose {
-  readonly stage: 1 | 2;
-  /** CLASS for faults of this walk. */
-  readonly cls: FaultClass;
-  /** For stage-2 walks: the IPA being translated (reported as fault.ipa). */
-  readonly ipa?: bigint | number;
-  readonly s1Level?: number;
-  readonly step?: "table" | "output" | "ipa";
+/** Why a stage walk runs (for fault fields and visitor steps). One class, so the walker's loads of it stay monomorphic. */
+class Purpose {
+  constructor(
+    readonly stage: 1 | 2,
+    /** CLASS for faults of this walk. */
+    public cls: FaultClass,
+    /** For stage-2 walks: the IPA being translated (reported as fault.ipa). */
+    public ipa: bigint | number | undefined,
+    public s1Level: number | undefined,
+    readonly step: "table" | "output" | "ipa" | undefined,
+  ) {}
 }
 
 /** The purpose of every stage-1 walk of a transaction. */
-const S1_IN: Purpose = Object.freeze({ stage: 1, cls: "IN" });
+const S1_IN = Object.freeze(new Purpose(1, "IN", undefined, undefined, undefined));
 
 function fault(
   ctx: Ctx,
@@ -211,8 +215,8 @@ function makeCtx(
       fast: typeof mem.read64Split === "function",
       w: WORDS,
       s2Plan: s2ForTables === undefined ? undefined : planOf(s2ForTables),
-      tablePurpose: { stage: 2, cls: "TT", ipa: 0, s1Level: 0, step: "table" },
-      outputPurpose: { stage: 2, cls: "IN", ipa: 0, step: "output" },
+      tablePurpose: new Purpose(2, "TT", 0, 0, "table"),
+      outputPurpose: new Purpose(2, "IN", 0, undefined, "output"),
       input,
       privileged: access.privileged,
       reads: [],
@@ -227,7 +231,6 @@ function makeCtx(
       rHi: 0,
       rDescAddr: 0,
       rWnw: false,
-      rGlobal: false,
     };
   }
   c.mem = mem;
@@ -271,15 +274,15 @@ function readDesc(ctx: Ctx, pa: number): boolean {
  * returned from a call that is not inlined is boxed when it is 2^30 or more.)
  */
 function tableAddr(ctx: Ctx, ipa: number, s1Level: number, write: boolean): TranslationFault | undefined {
-  const s2 = ctx.s2ForTables as StageConfig;
+  const plan = ctx.s2Plan as StagePlan;
   // Stage-2 walks never nest, so one mutable purpose per translation is safe;
   // fault() copies its fields.
   const p = ctx.tablePurpose;
   p.ipa = ipa;
   p.s1Level = s1Level;
   const access = write ? WRITE_FETCH : READ_FETCH;
-  if (ipa >= (POW2[s2.inputBits] as number)) return fault(ctx, "input-range", p, s2.startLevel, access.kind);
-  return walkCore(ctx, s2, ctx.s2Plan as StagePlan, ipa >>> 0, Math.floor(ipa / TWO32), access, p);
+  if (ipa >= plan.inputLimit) return fault(ctx, "input-range", p, plan.start, access.kind);
+  return walkCore(ctx, plan, ipa >>> 0, Math.floor(ipa / TWO32), access, p);
 }
 
 /**
@@ -297,11 +300,12 @@ function update(
   nhi: number,
   descIpa: number | undefined,
   type: DescType,
+  cls: FaultClass,
 ): TranslationFault | typeof RETRY | undefined {
   const old = toBig(lo, hi);
   const nv = toBig(nlo, nhi);
   const r = ctx.mem.cas64(BigInt(descPa), old, nv);
-  if (!r.ok) return fault(ctx, "external-abort", p, level, "write", descPa, lo, hi, undefined, p.stage === 1 ? "TT" : p.cls);
+  if (!r.ok) return fault(ctx, "external-abort", p, level, "write", descPa, lo, hi, undefined, cls);
   if (r.value !== old) return RETRY;
   if (ctx.visitor) {
     ctx.visitor({
@@ -312,7 +316,7 @@ function update(
       value: old,
       type,
       updated: nv,
-      purpose: p.stage === 2 ? p.step : undefined,
+      purpose: p.step,
       s1Level: p.s1Level,
     });
   }
@@ -322,45 +326,40 @@ function update(
 const RETRY = 1 as const;
 
 /** The descriptor kept changing under the A/D compare-and-swap: report the update as failed. */
-function casLost(ctx: Ctx, p: Purpose, level: number, descPa: number, lo: number, hi: number): TranslationFault {
-  return fault(ctx, "external-abort", p, level, "write", descPa, lo, hi, undefined, p.stage === 1 ? "TT" : p.cls);
+function casLost(ctx: Ctx, p: Purpose, level: number, descPa: number, lo: number, hi: number, cls: FaultClass): TranslationFault {
+  return fault(ctx, "external-abort", p, level, "write", descPa, lo, hi, undefined, cls);
 }
 
 /**
  * Walk one stage for the (already range-checked, masked) input va = vaHi:vaLo.
- * Stage-1 table addresses go through stage 2 when ctx.s2ForTables is set and
+ * Stage-1 table addresses go through stage 2 when ctx.s2Plan is set and
  * p.stage === 1. On success returns undefined with the result in ctx.r*.
+ * Reads only the plan, the context and the request: no StageConfig or format
+ * loads, whose shapes differ between vendors and stages.
  */
 function walkCore(
   ctx: Ctx,
-  st: StageConfig,
   plan: StagePlan,
   vaLo: number,
   vaHi: number,
   access: AccessRequest,
   p: Purpose,
 ): TranslationFault | undefined {
-  const fmt = st.format;
-  const start = st.startLevel;
-  if (p.stage === 1 && access.privileged && st.sre === false && fmt.family === "vtd-first-stage") {
+  const start = plan.start;
+  const stage1 = p.stage === 1;
+  if (stage1 && plan.blocksPrivileged && access.privileged) {
     return fault(ctx, "request-blocked", p, start, access.kind);
   }
-  const nested = p.stage === 1 && ctx.s2ForTables !== undefined;
-  const hw = fmt.hw;
-  const hww = hw.words;
+  // A hand-built StageConfig the builders would have refused: fault, never throw.
+  if (plan.badGeometry) return fault(ctx, "translation", p, start, access.kind);
+  const nested = stage1 && ctx.s2Plan !== undefined;
   // Loop invariants kept in locals (property loads per level add up over 24 levels).
-  const aLo = hww.accessLo;
-  const aHi = hww.accessHi;
-  const { shifts, blockLo, granuleLo, hiMask, tableLimit, tableLimits, setTableA, oaLimit, startBits } = plan;
+  const { shifts, blockLo, granuleLo, hiMask, tableLimit, tableLimits, setTableA, oaLimit, startBits, aLo, aHi } = plan;
   const w = ctx.w;
   const probe = access.probe === true;
-  const wantsWrite = access.kind === "write" && !probe;
   const visitor = ctx.visitor;
-
-  // A hand-built StageConfig the builders would have refused: fault, never throw.
-  if (start < -1 || start > 3 || startBits < 1 || startBits > fmt.bitsPerLevel + 4) {
-    return fault(ctx, "translation", p, start, access.kind);
-  }
+  // Faults of a stage-1 descriptor fetch or A/D write-back are CLASS TT.
+  const fetchCls = stage1 ? "TT" : p.cls;
 
   for (let attempt = 0; ; attempt++) {
     let level = start;
@@ -379,10 +378,8 @@ function walkCore(
         if (t !== undefined) return t;
         descPa = ctx.rOut;
       }
-      if (!readDesc(ctx, descPa)) {
-        // F_WALK_EABT: CLASS TT for a stage-1 table fetch, FetchAddr = descriptor PA.
-        return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, p.stage === 1 ? "TT" : p.cls);
-      }
+      // F_WALK_EABT: FetchAddr = descriptor PA.
+      if (!readDesc(ctx, descPa)) return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, fetchCls);
       ctx.reads[ctx.nReads++] = descPa;
       const lo = w[0] as number;
       const hi = w[1] as number;
@@ -395,14 +392,14 @@ function walkCore(
           descIpa: nested ? BigInt(descIpa) : undefined,
           value: toBig(lo, hi),
           type,
-          purpose: p.stage === 2 ? p.step : undefined,
+          purpose: p.step,
           s1Level: p.s1Level,
         });
       }
       if (type === D_INVALID) return fault(ctx, "translation", p, level, access.kind, descPa, lo, hi);
       if (type === D_RESERVED) return fault(ctx, "reserved-bit", p, level, access.kind, descPa, lo, hi);
       const loMask = type === D_BLOCK ? (blockLo[level + 1] as number) : granuleLo;
-      const out = hiMask < 0 || loMask < 0 ? fmt.outputAddressW(lo, hi, level, type) : (hi & hiMask) * TWO32 + ((lo & loMask) >>> 0);
+      const out = hiMask < 0 || loMask < 0 ? plan.format.outputAddressW(lo, hi, level, type) : (hi & hiMask) * TWO32 + ((lo & loMask) >>> 0);
       // Ruling 8: next-table and leaf output addresses are checked at this level.
       if (out >= oaLimit) return fault(ctx, "address-size", p, level, access.kind, descPa, lo, hi);
 
@@ -410,16 +407,15 @@ function walkCore(
         if (tableLimits) limit &= tableLimit.at(lo, hi, level);
         // VT-d sets A in every paging-structure entry it uses (x86 rule).
         if (setTableA && ((lo & aLo) | (hi & aHi)) === 0) {
-          let nlo = (lo | aLo) >>> 0;
+          const nlo = (lo | aLo | plan.eaLo) >>> 0;
           const nhi = (hi | aHi) >>> 0;
-          if (st.eafe && hw.extendedAccessBit !== undefined) nlo = (nlo | Number(hw.extendedAccessBit & 0xffffffffn)) >>> 0;
           if (nested) {
             const t = tableAddr(ctx, descIpa, level, true);
             if (t !== undefined) return t;
           }
-          const u = update(ctx, p, level, descPa, lo, hi, nlo, nhi, nested ? descIpa : undefined, type);
+          const u = update(ctx, p, level, descPa, lo, hi, nlo, nhi, nested ? descIpa : undefined, type, fetchCls);
           if (u === RETRY) {
-            if (attempt >= MAX_CAS_RETRIES) return casLost(ctx, p, level, descPa, lo, hi);
+            if (attempt >= MAX_CAS_RETRIES) return casLost(ctx, p, level, descPa, lo, hi, fetchCls);
             restart = true;
             break;
           }
@@ -427,7 +423,7 @@ function walkCore(
         }
         table = out;
         level++;
-        nbits = fmt.bitsPerLevel;
+        nbits = plan.bitsPerLevel;
         if (level > 3) return fault(ctx, "translation", p, 3, access.kind, descPa, lo, hi);
         continue;
       }
@@ -438,51 +434,37 @@ function walkCore(
       let checkedWrite = false;
       // Access flag (before permission: ruling 2).
       if (((lo & aLo) | (hi & aHi)) === 0) {
-        if (st.ha) {
-          nlo = (nlo | aLo) >>> 0;
+        if (plan.ha) {
+          nlo = (nlo | aLo | plan.eaLo) >>> 0;
           nhi = (nhi | aHi) >>> 0;
-          if (st.eafe && hw.extendedAccessBit !== undefined) nlo = (nlo | Number(hw.extendedAccessBit & 0xffffffffn)) >>> 0;
           if (nested) {
             // Ruling 9: the AF update writes the descriptor's IPA; stage 2 must allow the write.
             const t = tableAddr(ctx, descIpa, level, true);
             if (t !== undefined) return t;
             checkedWrite = true;
           }
-        } else if (hw.accessFault && !st.affd) {
+        } else if (plan.afFaults) {
           return fault(ctx, "access-flag", p, level, access.kind, descPa, lo, hi);
         }
       }
       let perms = plan.leafPermsUnder(lo, hi, level, limit);
       let writeNeedsWalk = false;
-      if (st.hd) {
-        const dirty = hw.dirty;
-        if (dirty.style === "dbm") {
-          const wbit = ((lo & hww.writeLo) | (hi & hww.writeHi)) !== 0;
-          const clean = dirty.writeBitMeansWritable ? !wbit : wbit;
-          if (clean && ((lo & hww.dirtyLo) | (hi & hww.dirtyHi)) !== 0) {
-            const dlo = (dirty.writeBitMeansWritable ? lo | hww.writeLo : lo & ~hww.writeLo) >>> 0;
-            const dhi = (dirty.writeBitMeansWritable ? hi | hww.writeHi : hi & ~hww.writeHi) >>> 0;
-            const dperms = plan.leafPermsUnder(dlo, dhi, level, limit);
-            if ((dperms & P_W) !== 0) {
-              if (wantsWrite && allowed(dperms, access, fmt.execNeedsRead)) {
-                nlo = (dirty.writeBitMeansWritable ? nlo | hww.writeLo : nlo & ~hww.writeLo) >>> 0;
-                nhi = (dirty.writeBitMeansWritable ? nhi | hww.writeHi : nhi & ~hww.writeHi) >>> 0;
-                perms = dperms;
-              } else {
-                writeNeedsWalk = true;
-              }
-            }
-          }
-        } else if ((perms & P_W) !== 0 && ((lo & hww.dirtyLo) | (hi & hww.dirtyHi)) === 0) {
-          if (wantsWrite && allowed(perms, access, fmt.execNeedsRead)) {
-            nlo = (nlo | hww.dirtyLo) >>> 0;
-            nhi = (nhi | hww.dirtyHi) >>> 0;
+      if (plan.hd) {
+        const d = dirtyUpdate(plan, access, probe, lo, hi, level, limit, perms);
+        if (d === DIRTY_DEFERRED) writeNeedsWalk = true;
+        else if (d !== NO_DIRTY) {
+          // A write made the leaf dirty: the written descriptor's permissions apply.
+          perms = d;
+          if (plan.dbm) {
+            nlo = (plan.writeBitMeansWritable ? nlo | plan.writeLo : nlo & ~plan.writeLo) >>> 0;
+            nhi = (plan.writeBitMeansWritable ? nhi | plan.writeHi : nhi & ~plan.writeHi) >>> 0;
           } else {
-            writeNeedsWalk = true;
+            nlo = (nlo | plan.dirtyLo) >>> 0;
+            nhi = (nhi | plan.dirtyHi) >>> 0;
           }
         }
       }
-      if (!probe && !allowed(perms, access, fmt.execNeedsRead)) {
+      if (!probe && !allowed(perms, access, plan.execNeedsRead)) {
         return fault(ctx, "permission", p, level, access.kind, descPa, lo, hi, perms);
       }
       if (nlo !== lo || nhi !== hi) {
@@ -490,9 +472,9 @@ function walkCore(
           const t = tableAddr(ctx, descIpa, level, true);
           if (t !== undefined) return t;
         }
-        const u = update(ctx, p, level, descPa, lo, hi, nlo, nhi, nested ? descIpa : undefined, type);
+        const u = update(ctx, p, level, descPa, lo, hi, nlo, nhi, nested ? descIpa : undefined, type, fetchCls);
         if (u === RETRY) {
-          if (attempt >= MAX_CAS_RETRIES) return casLost(ctx, p, level, descPa, lo, hi);
+          if (attempt >= MAX_CAS_RETRIES) return casLost(ctx, p, level, descPa, lo, hi, fetchCls);
           restart = true;
           break;
         }
@@ -514,19 +496,46 @@ function walkCore(
       ctx.rHi = nhi;
       ctx.rDescAddr = descPa;
       ctx.rWnw = writeNeedsWalk;
-      ctx.rGlobal = fmt.isGlobalW(nlo, nhi);
       return undefined;
     }
     if (!restart) return fault(ctx, "translation", p, start, access.kind); // unreachable
   }
 }
 
-function stageOut(ctx: Ctx): StageOut {
+const NO_DIRTY = -1;
+const DIRTY_DEFERRED = -2;
+
+/**
+ * HD on a leaf: the permissions after a hardware dirty update this access
+ * makes, DIRTY_DEFERRED when the leaf is writable only once dirtied but this
+ * access does not write it (a later write must walk again: writeNeedsWalk),
+ * or NO_DIRTY. Arm DBM: a writable-clean leaf (DBM set, write bit in its
+ * read-only state) becomes writable by flipping the write bit; VT-d: a
+ * writable leaf without D gets D.
+ */
+function dirtyUpdate(plan: StagePlan, access: AccessRequest, probe: boolean, lo: number, hi: number, level: number, limit: PermSet, perms: PermSet): PermSet | typeof NO_DIRTY | typeof DIRTY_DEFERRED {
+  const wantsWrite = access.kind === "write" && !probe;
+  const dirtyBit = ((lo & plan.dirtyLo) | (hi & plan.dirtyHi)) !== 0;
+  if (plan.dbm) {
+    const wbit = ((lo & plan.writeLo) | (hi & plan.writeHi)) !== 0;
+    const clean = plan.writeBitMeansWritable ? !wbit : wbit;
+    if (!clean || !dirtyBit) return NO_DIRTY;
+    const dlo = (plan.writeBitMeansWritable ? lo | plan.writeLo : lo & ~plan.writeLo) >>> 0;
+    const dhi = (plan.writeBitMeansWritable ? hi | plan.writeHi : hi & ~plan.writeHi) >>> 0;
+    const dperms = plan.leafPermsUnder(dlo, dhi, level, limit);
+    if ((dperms & P_W) === 0) return NO_DIRTY;
+    return wantsWrite && allowed(dperms, access, plan.execNeedsRead) ? dperms : DIRTY_DEFERRED;
+  }
+  if ((perms & P_W) === 0 || dirtyBit) return NO_DIRTY;
+  return wantsWrite && allowed(perms, access, plan.execNeedsRead) ? perms : DIRTY_DEFERRED;
+}
+
+function stageOut(ctx: Ctx, plan: StagePlan): StageOut {
   return new StageOut(
+    plan,
     ctx.rLevel,
     ctx.rShift,
     ctx.rPerms,
-    ctx.rGlobal,
     ctx.rWnw,
     ctx.rOut,
     ctx.rLo,
@@ -578,9 +587,10 @@ const split = { lo: 0, hi: 0 };
 function walkSingle(ctx: Ctx, st: StageConfig, input: bigint, access: AccessRequest, p: Purpose): TranslationResult {
   const k = splitInput(st, input, split);
   if (k !== undefined) return rangeFault(ctx, k, p, st, access);
-  const f = walkCore(ctx, st, planOf(st), split.lo, split.hi, access, p);
+  const plan = planOf(st);
+  const f = walkCore(ctx, plan, split.lo, split.hi, access, p);
   if (f !== undefined) return f;
-  const s = stageOut(ctx);
+  const s = stageOut(ctx, plan);
   return new Ok(
     ctx.input,
     s.outNum,
@@ -610,12 +620,7 @@ export function walkStage(
   const stageNo = stage.format.stage;
   return done(
     ctx,
-    walkSingle(ctx, stage, input, access, {
-      stage: stageNo,
-      cls: "IN",
-      ipa: stageNo === 2 ? input : undefined,
-      step: stageNo === 2 ? "output" : undefined,
-    }),
+    walkSingle(ctx, stage, input, access, new Purpose(stageNo, "IN", stageNo === 2 ? input : undefined, undefined, stageNo === 2 ? "output" : undefined)),
   );
 }
 
@@ -639,7 +644,7 @@ export function translateIpa(
   opts?: TranslateIpaOptions,
 ): TranslationResult {
   const ctx = makeCtx(mem, opts?.input ?? ipa, access, opts);
-  return done(ctx, walkSingle(ctx, s2, ipa, access, { stage: 2, cls: opts?.cls ?? "IN", ipa, step: "ipa" }));
+  return done(ctx, walkSingle(ctx, s2, ipa, access, new Purpose(2, opts?.cls ?? "IN", ipa, undefined, "ipa")));
 }
 
 /**
@@ -687,7 +692,7 @@ export function translate(
         };
       }
       const ctx = makeCtx(mem, input, access, opts);
-      return done(ctx, walkSingle(ctx, cfg.s2, input, access, { stage: 2, cls: "IN", ipa: input, step: "output" }));
+      return done(ctx, walkSingle(ctx, cfg.s2, input, access, new Purpose(2, "IN", input, undefined, "output")));
     }
     case "nested": {
       const ctx = makeCtx(mem, input, access, opts, cfg.s1TablesIpa !== false ? cfg.s2 : undefined);
@@ -701,16 +706,18 @@ function walkNested(ctx: Ctx, cfg: Extract<TranslationConfig, { mode: "nested" }
   const p1 = S1_IN;
   const k = splitInput(cfg.s1, input, split);
   if (k !== undefined) return rangeFault(ctx, k, p1, cfg.s1, access);
-  const f1 = walkCore(ctx, cfg.s1, planOf(cfg.s1), split.lo, split.hi, access, p1);
+  const plan1 = planOf(cfg.s1);
+  const f1 = walkCore(ctx, plan1, split.lo, split.hi, access, p1);
   if (f1 !== undefined) return f1;
-  const s1 = stageOut(ctx);
+  const s1 = stageOut(ctx, plan1);
   const ipa = ctx.rOut;
   const p2 = ctx.outputPurpose;
   p2.ipa = ipa;
-  if (ipa >= (POW2[cfg.s2.inputBits] as number)) return rangeFault(ctx, "input-range", p2, cfg.s2, access);
-  const f2 = walkCore(ctx, cfg.s2, ctx.s2Plan ?? planOf(cfg.s2), ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
+  const plan2 = ctx.s2Plan ?? planOf(cfg.s2);
+  if (ipa >= plan2.inputLimit) return rangeFault(ctx, "input-range", p2, cfg.s2, access);
+  const f2 = walkCore(ctx, plan2, ipa >>> 0, Math.floor(ipa / TWO32), access, p2);
   if (f2 !== undefined) return f2;
-  const s2 = stageOut(ctx);
+  const s2 = stageOut(ctx, plan2);
   const s1Smaller = s1.pageShift <= s2.pageShift;
   return new Ok(
     input,
