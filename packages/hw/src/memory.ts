@@ -56,21 +56,26 @@ export class SparseMemory implements PhysicalMemory {
   private readonly aborting: { start: bigint; last: bigint }[] = [];
   private readonly limit: bigint;
   private readonly limitNum: number;
+  /** The last address read64Split serves without the general checks: 2^paBits − 8, or −1 while abort ranges exist. */
+  private fastLast: number;
 
   constructor(paBits = 52) {
     if (paBits < 12 || paBits > 64) throw new RangeError(`paBits ${paBits} out of range`);
     this.paBits = paBits;
     this.limit = 1n << BigInt(paBits);
     this.limitNum = 2 ** paBits;
+    this.fastLast = this.limitNum - 8;
   }
 
   /** Make [start, start+length) abort on every access (tests of external aborts). */
   addAbortRange(start: bigint, length: bigint): void {
     this.aborting.push({ start, last: start + length - 1n });
+    this.fastLast = -1;
   }
 
   clearAbortRanges(): void {
     this.aborting.length = 0;
+    this.fastLast = this.limitNum - 8;
   }
 
   /** Number of 4 KiB pages that hold data. */
@@ -173,7 +178,8 @@ export class SparseMemory implements PhysicalMemory {
   read64Split(addr: number, out: Uint32Array): { ok: false; abort: "external" | "address-size"; addr: bigint } | undefined {
     // Integer ops only: `%` on doubles above 2^31 is a slow fmod.
     const low = addr >>> 0;
-    if ((low & 7) !== 0 || addr < 0 || addr + 8 > this.limitNum || this.aborting.length !== 0) {
+    // One range test covers negative, too-high and abort-range cases (fastLast).
+    if (!(addr >= 0 && addr <= this.fastLast) || (low & 7) !== 0) {
       const r = this.read64(BigInt(addr));
       if (!r.ok) return r;
       out[0] = Number(r.value & 0xffffffffn);

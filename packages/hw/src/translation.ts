@@ -467,11 +467,12 @@ export interface TranslationOk {
   readonly s2?: StageOutcome;
   /**
    * PAs of every descriptor read during the walk, in order (24 for a cold 4×4
-   * nested walk). The walker computes this (and StageOutcome.desc/descAddr)
-   * lazily in an accessor, so spreading a result ({ ...r }) does not copy it:
-   * read the field explicitly.
+   * nested walk); present when WalkOptions.recordReads asked for it (an IOTLB
+   * hit has an empty list). The walker computes this (and
+   * StageOutcome.desc/descAddr) lazily in an accessor, so spreading a result
+   * ({ ...r }) does not copy it: read the field explicitly.
    */
-  readonly descReads: readonly bigint[];
+  readonly descReads?: readonly bigint[];
 }
 
 /**
@@ -577,4 +578,10 @@ export interface WalkStep {
 export interface WalkOptions {
   /** Called for every descriptor read (and each A/D write-back) in walk order. */
   readonly visitor?: (step: WalkStep) => void;
+  /**
+   * Keep the PA of every descriptor read in TranslationOk.descReads. Off by
+   * default: the list costs an allocation per walk, which the translation
+   * path itself never needs (MemoryStats counts reads; the visitor sees them).
+   */
+  readonly recordReads?: boolean;
 }

@@ -39,6 +39,9 @@ import {
 } from "./arm.js";
 import { forEachLeaf, mapRange, SimplePageAllocator, startTableBytes, unmapRange } from "./map.js";
 
+/** Walk options that keep each walk's descriptor reads (TranslationOk.descReads). */
+const RECORD = { recordReads: true } as const;
+
 const TABLES_BASE = 0x1000_0000n;
 
 function ok(r: StageConfigResult): StageConfig {
@@ -216,11 +219,11 @@ describe("Arm map / walk / unmap sweep (io-pgtable self-test)", () => {
         expect(mapRange(mem, stage, iova, pa, g, prot, { alloc })).toEqual({ ok: true, mapped: g });
       }
       for (const [iova, pa] of pages) {
-        const r = expectOk(walkStage(mem, stage, iova + 0x18n, READ));
+        const r = expectOk(walkStage(mem, stage, iova + 0x18n, READ, RECORD));
         expect(r.output).toBe(pa + 0x18n);
         expect(r.level).toBe(3);
         expect(r.pageShift).toBe(c.granule);
-        expect(r.descReads.length).toBe(levels);
+        expect(r.descReads?.length).toBe(levels);
         expect(r.perms & PERM_RW).toBe(PERM_RW);
         expect(expectOk(walkStage(mem, stage, iova, WRITE)).output).toBe(pa);
       }
@@ -242,9 +245,9 @@ describe("Arm map / walk / unmap sweep (io-pgtable self-test)", () => {
         {
           const bpa = 0x40_0000_0000n;
           expect(mapRange(mem, stage, biova, bpa, bsz, prot, { alloc })).toEqual({ ok: true, mapped: bsz });
-          const r = expectOk(walkStage(mem, stage, biova + bsz - 8n, READ));
+          const r = expectOk(walkStage(mem, stage, biova + bsz - 8n, READ, RECORD));
           expect(r).toMatchObject({ output: bpa + bsz - 8n, level: blockLevel, pageShift: fmt.levelShift(blockLevel) });
-          expect(r.descReads.length).toBe(blockLevel - c.startLevel + 1);
+          expect(r.descReads?.length).toBe(blockLevel - c.startLevel + 1);
           // Unmap the whole block.
           expect(unmapRange(mem, stage, biova, bsz)).toEqual({ ok: true, unmapped: bsz });
           expect(expectFault(walkStage(mem, stage, biova, READ))).toMatchObject({ kind: "translation", level: blockLevel });
@@ -267,10 +270,10 @@ describe("concatenated stage-2 start tables", () => {
     expect(stage.concatenated).toBe(2);
     const hi = 0xc0_0000_0000n; // 768 GB: index 768 at level 1 → second table, entry 256
     expect(mapRange(mem, stage, hi, 0x5000n, 0x1000n, { perms: PERM_RW }, { alloc }).ok).toBe(true);
-    const r = expectOk(walkStage(mem, stage, hi + 4n, READ));
+    const r = expectOk(walkStage(mem, stage, hi + 4n, READ, RECORD));
     expect(r.output).toBe(0x5004n);
-    expect(r.descReads[0]).toBe(stage.root + 4096n + 256n * 8n);
-    expect(r.descReads.length).toBe(3);
+    expect(r.descReads?.[0]).toBe(stage.root + 4096n + 256n * 8n);
+    expect(r.descReads?.length).toBe(3);
   });
 
   it("64K, 46-bit IPA: 16 level-2 tables", () => {
@@ -280,9 +283,9 @@ describe("concatenated stage-2 start tables", () => {
     expect(stage.concatenated).toBe(16);
     const ipa = (1n << 46n) - 0x10000n;
     expect(mapRange(mem, stage, ipa, 0x7_0000n, 0x10000n, { perms: PERM_R }, { alloc }).ok).toBe(true);
-    const r = expectOk(walkStage(mem, stage, ipa + 0x123n, READ));
+    const r = expectOk(walkStage(mem, stage, ipa + 0x123n, READ, RECORD));
     expect(r.output).toBe(0x7_0123n);
-    expect(r.descReads[0]).toBe(stage.root + 15n * 65536n + 8191n * 8n);
+    expect(r.descReads?.[0]).toBe(stage.root + 15n * 65536n + 8191n * 8n);
     expect(startTableBytes(stage.format, stage.inputBits, stage.startLevel)).toBe(16 * 65536);
   });
 });

@@ -78,9 +78,10 @@ describe("first-stage translation (PGTT = 001b)", () => {
 
   it("5-level (FLPM = 01b) walks five levels", () => {
     const { rig } = fsRig(5);
+    rig.vtd.recordWalkReads = true;
     const r = rig.vtd.translate(RID, 7, 0x4000_0010n, { kind: "read" });
     expect(r).toMatchObject({ ok: true, output: 0x8000_0010n, via: "walk" });
-    if (r.ok) expect(r.walk?.descReads.length).toBe(5);
+    if (r.ok) expect(r.walk?.descReads?.length).toBe(5);
   });
 
   it("requests without PASID use RID_PASID", () => {
@@ -116,9 +117,9 @@ describe("first-stage translation (PGTT = 001b)", () => {
     rig.mem.addAbortRange(fs.root, 0x1000n);
     expect(fault(rig.vtd.translate(RID, 7, 0x4000_1000n, { kind: "read" })).reason).toBe(VTD_FR.SM_FS_ROOT_ACCESS);
     rig.mem.clearAbortRanges();
-    const w = walkStage(rig.mem, fs, 0x4000_1000n, { kind: "read", privileged: false, probe: true });
+    const w = walkStage(rig.mem, fs, 0x4000_1000n, { kind: "read", privileged: false, probe: true }, { recordReads: true });
     if (!w.ok) throw new Error("walk");
-    rig.mem.addAbortRange(w.descReads[2] as bigint, 8n);
+    rig.mem.addAbortRange(w.descReads?.[2] as bigint, 8n);
     expect(fault(rig.vtd.translate(RID, 7, 0x4000_1000n, { kind: "read" })).reason).toBe(VTD_FR.SM_FS_ACCESS);
   });
 
@@ -164,17 +165,19 @@ describe("second-stage translation (PGTT = 010b)", () => {
   }
   it("4-level with 2 MiB superpages; not PASID-tagged", () => {
     const { rig } = ssRig(2);
+    rig.vtd.recordWalkReads = true;
     const r = rig.vtd.translate(RID, undefined, 0x1_0023_4567n, { kind: "write" });
     expect(r).toMatchObject({ ok: true, output: 0x2_0023_4567n, pageShift: 21, did: 5 });
-    if (r.ok) expect(r.walk?.descReads.length).toBe(3);
+    if (r.ok) expect(r.walk?.descReads?.length).toBe(3);
     const entries = [...(rig.vtd.caches as import("./common.js").VtdCacheSet).iotlbCache.entries()];
     expect(entries.map((e) => [e.s1Tag, e.s2Tag, e.pageShift])).toEqual([[-1, 5, 21]]);
   });
   it("3-level (AW = 1)", () => {
     const { rig } = ssRig(1);
+    rig.vtd.recordWalkReads = true;
     const r = rig.vtd.translate(RID, undefined, 0x1_0000_0008n, { kind: "read" });
     expect(r).toMatchObject({ ok: true, output: 0x2_0000_0008n });
-    if (r.ok) expect(r.walk?.descReads.length).toBe(2);
+    if (r.ok) expect(r.walk?.descReads?.length).toBe(2);
     expect(fault(rig.vtd.translate(RID, undefined, 1n << 40n, { kind: "read" })).reason).toBe(VTD_FR.SM_INPUT_BEYOND_MAX);
   });
   it("faults 0x79 / 0x85 / 0x86 / 0x7A / 0x7B / 0x78 / 0x84", () => {
@@ -186,9 +189,9 @@ describe("second-stage translation (PGTT = 010b)", () => {
     expect(w.record).toEqual({ reason: 0x85, sid: RID, addr: 0x3000_0000n, priv: false, exe: false, type: FAULT_REQ_TYPE.WRITE, at: 0 });
     expect(fault(v.translate(RID, undefined, 0x3000_1000n, { kind: "read" })).reason).toBe(VTD_FR.SM_READ);
     // PS = 1 on the PDE turns it into a 2 MiB page whose address (a 4 KiB table) is misaligned: reserved bits.
-    const leaf = walkStage(rig.mem, ss, 0x3000_0000n, { kind: "read", privileged: true, probe: true });
+    const leaf = walkStage(rig.mem, ss, 0x3000_0000n, { kind: "read", privileged: true, probe: true }, { recordReads: true });
     if (!leaf.ok || !leaf.s2) throw new Error("walk");
-    const pde = leaf.descReads[2] as bigint;
+    const pde = leaf.descReads?.[2] as bigint;
     const pdeVal = rig.mem.read64(pde);
     if (!pdeVal.ok) throw new Error("read");
     rig.mem.write64(pde, pdeVal.value | (1n << 7n));
@@ -197,7 +200,7 @@ describe("second-stage translation (PGTT = 010b)", () => {
     rig.mem.addAbortRange(ss.root, 0x1000n);
     expect(fault(v.translate(RID, undefined, 0x3000_1000n, { kind: "write" })).reason).toBe(VTD_FR.SM_SSPTPTR_INV);
     rig.mem.clearAbortRanges();
-    rig.mem.addAbortRange(leaf.descReads[1] as bigint, 8n);
+    rig.mem.addAbortRange(leaf.descReads?.[1] as bigint, 8n);
     expect(fault(v.translate(RID, undefined, 0x3000_1000n, { kind: "write" })).reason).toBe(VTD_FR.SM_SS_ACCESS);
   });
   it("output beyond HAW → 0x84", () => {
@@ -217,13 +220,14 @@ describe("second-stage translation (PGTT = 010b)", () => {
 describe("nested translation (PGTT = 011b)", () => {
   it("translates VA → GPA → HPA with 24 reads cold, then hits the IOTLB", () => {
     const { rig } = nestedRig();
+    rig.vtd.recordWalkReads = true;
     const r = rig.vtd.translate(RID, 9, 0x7000_0123n, { kind: "write" });
     expect(r).toMatchObject({ ok: true, output: RIG.GUEST_BASE + 0x0020_0123n, did: 20, pasid: 9, pgtt: PGTT.NESTED, pageShift: 12 });
     if (r.ok) {
       expect(r.walk?.ipa).toBe(0x0020_0123n);
       // 4 FS reads + 5 SS walks of 4 reads; the cold walk also writes back A/D
       // bits whose SS write checks are extra reads.
-      expect(r.walk?.descReads.length).toBeGreaterThanOrEqual(24);
+      expect(r.walk?.descReads?.length).toBeGreaterThanOrEqual(24);
     }
     const r2 = rig.vtd.translate(RID, 9, 0x7000_0fffn, { kind: "write" });
     expect(r2).toMatchObject({ ok: true, output: RIG.GUEST_BASE + 0x0020_0fffn, via: "iotlb" });
@@ -234,8 +238,9 @@ describe("nested translation (PGTT = 011b)", () => {
     // Pre-set A bits so no write-back happens: map with accessed leaves and walk once to set table A bits.
     rig.vtd.translate(RID, 9, 0x7000_0000n, { kind: "read" });
     rig.submit(piotlbAll(20, 9));
+    rig.vtd.recordWalkReads = true;
     const r = rig.vtd.translate(RID, 9, 0x7000_0000n, { kind: "read" });
-    expect(r.ok && r.walk?.descReads.length).toBe(24);
+    expect(r.ok && r.walk?.descReads?.length).toBe(24);
     expect(fs.root).toBeLessThan(0x100_0000n);
     expect(g.mem.offset).toBe(RIG.GUEST_BASE);
   });

@@ -212,6 +212,8 @@ export class Vtd {
   };
   readonly faults: FaultRecorder;
   ports: VtdPorts;
+  /** Debugging: keep every walk's descriptor reads in the result (walk.descReads; WalkOptions.recordReads). */
+  recordWalkReads = false;
 
   private readonly regs = new Map<number, bigint>();
   private readonly lim: VtdEntryLimits;
@@ -737,7 +739,9 @@ export class Vtd {
       }
     }
     this.counters.iotlb.miss++;
-    const r = this.walker.walk(this.mem, cfg, addr, request, explain ? { visitor: (s) => explain.steps.push(s) } : undefined);
+    const visitor = explain ? (s: WalkStep) => explain.steps.push(s) : undefined;
+    const walkOpts = visitor || this.recordWalkReads ? { visitor, recordReads: this.recordWalkReads } : undefined;
+    const r = this.walker.walk(this.mem, cfg, addr, request, walkOpts);
     if (!r.ok) {
       const fctx: FaultContext = {
         nested: cfg.mode === "nested",

@@ -26,6 +26,9 @@ import {
 import { stage2View } from "./views.js";
 import { translate, translateIpa, walkStage } from "./walk.js";
 
+/** Walk options that keep each walk's descriptor reads (TranslationOk.descReads). */
+const RECORD = { recordReads: true } as const;
+
 function ok(r: StageConfigResult): StageConfig {
   if (!r.ok) throw new Error(r.error);
   return r.stage;
@@ -281,15 +284,16 @@ describe("nested walks", () => {
   it("walks started inside a walk (a translating memory, a visitor) do not disturb it", () => {
     const f = nestedFixture();
     expect(mapRange(f.gview, f.s1, 0x1234_5000n, 0x4180_0000n, 0x1000n, { perms: PERM_RW }, { alloc: f.galloc }).ok).toBe(true);
-    const ref = expectOk(translate(f.mem, f.cfg, 0x1234_5678n, READ));
+    const ref = expectOk(translate(f.mem, f.cfg, 0x1234_5678n, READ, RECORD));
     // Stage 1 walked in guest memory: every descriptor read is itself a stage-2 walk.
-    const viaView = expectOk(walkStage(f.gview, f.s1, 0x1234_5678n, READ));
+    const viaView = expectOk(walkStage(f.gview, f.s1, 0x1234_5678n, READ, RECORD));
     expect(viaView.output).toBe(ref.ipa);
-    expect(viaView.descReads.length).toBe(4);
+    expect(viaView.descReads?.length).toBe(4);
     // A visitor that translates on every step.
     let inner = 0;
     const r = expectOk(
       translate(f.mem, f.cfg, 0x1234_5678n, READ, {
+        recordReads: true,
         visitor: () => {
           if (expectOk(translate(f.mem, f.cfg, 0x1234_5000n, READ)).output === ref.output - 0x678n) inner++;
         },
@@ -297,6 +301,7 @@ describe("nested walks", () => {
     );
     expect(inner).toBe(24);
     expect(r.output).toBe(ref.output);
+    expect(r.descReads).toHaveLength(24);
     expect(r.descReads).toEqual(ref.descReads);
   });
 
@@ -306,9 +311,9 @@ describe("nested walks", () => {
     expect(mapRange(f.gview, f.s1, 0x1234_5000n, 0x4180_0000n, 0x1000n, { perms: PERM_RW }, { alloc: f.galloc }).ok).toBe(true);
     const before = f.mem.stats.reads;
     const steps: WalkStep[] = [];
-    const r = expectOk(translate(f.mem, f.cfg, 0x1234_5678n, WRITE, { visitor: (s) => steps.push(s) }));
+    const r = expectOk(translate(f.mem, f.cfg, 0x1234_5678n, WRITE, { visitor: (s) => steps.push(s), recordReads: true }));
     expect(f.mem.stats.reads - before).toBe(24);
-    expect(r.descReads.length).toBe(24);
+    expect(r.descReads?.length).toBe(24);
     expect(r.ipa).toBe(0x4180_0678n);
     expect(r.output).toBe(f.ipaToPa(0x4180_0000n) + 0x678n);
     expect(r.perms).toBe(r.s1!.perms & r.s2!.perms);

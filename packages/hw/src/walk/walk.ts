@@ -93,7 +93,7 @@ class StageOut implements StageOutcome {
   }
 }
 
-/** A successful translation; descReads is converted to bigint when read. */
+/** A successful translation; descReads (when recorded) is converted to bigint when read. */
 class Ok implements TranslationOk {
   readonly ok = true as const;
   constructor(
@@ -105,7 +105,7 @@ class Ok implements TranslationOk {
     readonly perms: PermSet,
     readonly s1: StageOutcome | undefined,
     readonly s2: StageOutcome | undefined,
-    private readonly reads: readonly number[],
+    private readonly reads: readonly number[] | undefined,
   ) {}
   get output(): bigint {
     return this.outNum < 0 ? this.input : BigInt(this.outNum);
@@ -113,8 +113,8 @@ class Ok implements TranslationOk {
   get ipa(): bigint | undefined {
     return this.ipaNum < 0 ? undefined : BigInt(this.ipaNum);
   }
-  get descReads(): readonly bigint[] {
-    return this.reads.map((n) => BigInt(n));
+  get descReads(): readonly bigint[] | undefined {
+    return this.reads?.map((n) => BigInt(n));
   }
 }
 
@@ -136,7 +136,8 @@ interface Ctx {
   /** The transaction's input address (reported in every fault). */
   input: bigint;
   privileged: boolean;
-  /** Descriptor PAs read so far: reads[0 .. nReads), copied into the result. */
+  /** WalkOptions.recordReads: descriptor PAs read so far are reads[0 .. nReads), copied into the result. */
+  record: boolean;
   readonly reads: number[];
   nReads: number;
   visitor: ((step: WalkStep) => void) | undefined;
@@ -219,6 +220,7 @@ function makeCtx(
       outputPurpose: new Purpose(2, "IN", 0, undefined, "output"),
       input,
       privileged: access.privileged,
+      record: opts?.recordReads === true,
       reads: [],
       nReads: 0,
       visitor: opts?.visitor,
@@ -238,6 +240,7 @@ function makeCtx(
   c.s2Plan = s2ForTables === undefined ? undefined : planOf(s2ForTables);
   c.input = input;
   c.privileged = access.privileged;
+  c.record = opts?.recordReads === true;
   c.nReads = 0;
   c.visitor = opts?.visitor;
   c.s2ForTables = s2ForTables;
@@ -250,9 +253,9 @@ function done(ctx: Ctx, r: TranslationResult): TranslationResult {
   return r;
 }
 
-/** The descriptor PAs this translation read, for its result. */
-function readsOf(ctx: Ctx): number[] {
-  return ctx.reads.slice(0, ctx.nReads);
+/** The descriptor PAs this translation read, for its result, if recorded. */
+function readsOf(ctx: Ctx): number[] | undefined {
+  return ctx.record ? ctx.reads.slice(0, ctx.nReads) : undefined;
 }
 
 /** Read the descriptor at `pa` into ctx.w; returns false on an abort. */
@@ -358,6 +361,7 @@ function walkCore(
   const w = ctx.w;
   const probe = access.probe === true;
   const visitor = ctx.visitor;
+  const record = ctx.record;
   // Faults of a stage-1 descriptor fetch or A/D write-back are CLASS TT.
   const fetchCls = stage1 ? "TT" : p.cls;
 
@@ -380,7 +384,7 @@ function walkCore(
       }
       // F_WALK_EABT: FetchAddr = descriptor PA.
       if (!readDesc(ctx, descPa)) return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, fetchCls);
-      ctx.reads[ctx.nReads++] = descPa;
+      if (record) ctx.reads[ctx.nReads++] = descPa;
       const lo = w[0] as number;
       const hi = w[1] as number;
       const type: DescType = plan.decodeW(lo, hi, level);
@@ -672,7 +676,7 @@ export function translate(
         privileged: access.privileged,
       };
     case "bypass":
-      return new Ok(input, -1, -1, 12, 3, P_ALL, undefined, undefined, []);
+      return new Ok(input, -1, -1, 12, 3, P_ALL, undefined, undefined, opts?.recordReads === true ? [] : undefined);
     case "s1": {
       const ctx = makeCtx(mem, input, access, opts);
       return done(ctx, walkSingle(ctx, cfg.s1, input, access, S1_IN));
