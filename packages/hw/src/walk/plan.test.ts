@@ -44,19 +44,11 @@ describe("walk plan: tabulated permission functions", () => {
         const lo = i & 1 ? (rnd() & ~fmt.blockReservedLo(level)) >>> 0 : rnd();
         const hi = rnd();
         expect(plan.decodeW(lo, hi, level)).toBe(fmt.decodeW(lo, hi, level, st));
-        expect(plan.tableLimit.at(lo, hi, level)).toBe(fmt.tableLimitW(lo, hi, level, st));
+        expect(plan.tableLimitW(lo, hi, level)).toBe(fmt.tableLimitW(lo, hi, level, st));
         expect(plan.leafPerms.at(lo, hi, level)).toBe(fmt.leafPermsW(lo, hi, level, st));
         const p = rnd() & PERM_ALL;
         expect(plan.finalPerms[p]).toBe(fmt.finalPerms(p, st));
       }
     });
   }
-
-  it("skips table limits only where no table descriptor can restrict", () => {
-    expect(planOf(CONFIGS["arm s1 4K"] as StageConfig).tableLimits).toBe(true);
-    expect(planOf(CONFIGS["arm s1 16K HAD"] as StageConfig).tableLimits).toBe(false);
-    expect(planOf(CONFIGS["arm s2 4K"] as StageConfig).tableLimits).toBe(false);
-    expect(planOf(CONFIGS["vtd fs"] as StageConfig).tableLimits).toBe(true);
-    expect(planOf(CONFIGS["vtd ss"] as StageConfig).tableLimits).toBe(true);
-  });
 });

@@ -10,7 +10,7 @@
 // with them by construction as long as a format's DescBits name every bit its
 // function reads (plan.test.ts checks this on random descriptors).
 
-import { Desc, type DescBits, type DescType, PERM_ALL, type PageTableFormat, type PermSet, type StageConfig } from "../translation.js";
+import { Desc, type DescBits, type DescType, type PageTableFormat, type PermSet, type StageConfig } from "../translation.js";
 
 const D_BLOCK = Desc.BLOCK;
 const D_RESERVED = Desc.RESERVED;
@@ -18,6 +18,23 @@ const D_RESERVED = Desc.RESERVED;
 export const POW2: readonly number[] = Array.from({ length: 65 }, (_, n) => 2 ** n);
 /** Permission sets are 6-bit masks (translation.ts Perm). */
 const PERM_SETS = 64;
+
+/** The smallest DescBits covering both: one table keyed by them can hold two functions. */
+function unionBits(a: DescBits, b: DescBits): DescBits {
+  const span = (s1: number, n1: number, s2: number, n2: number): [number, number] => {
+    if (n1 === 0) return [s2, n2];
+    if (n2 === 0) return [s1, n1];
+    const from = Math.min(s1, s2);
+    return [from, Math.max(s1 + n1, s2 + n2) - from];
+  };
+  const [loShift, loBits] = span(a.loShift, a.loBits, b.loShift, b.loBits);
+  const [hiShift, hiBits] = span(a.hiShift, a.hiBits, b.hiShift, b.hiBits);
+  return { loShift, loBits, hiShift, hiBits };
+}
+
+/** Bits of a level-table entry: the descriptor type, then (TABLE_LIMIT_SHIFT up) the table's permission limit. */
+export const TYPE_MASK = 7;
+export const TABLE_LIMIT_SHIFT = 3;
 
 /** Lo-word mask clearing address bits below `shift` (< 32). */
 function loMaskAbove(shift: number): number {
@@ -55,11 +72,6 @@ export class DescTable {
     const key = ((lo >>> this.loShift) & this.loMask) | (((hi >>> this.hiShift) & this.hiMask) << this.loBits);
     return this.table[((level + 1) << this.keyBits) | key] as number;
   }
-
-  /** Some entry differs from `v`. */
-  differsFrom(v: number): boolean {
-    return this.table.some((x) => x !== v);
-  }
 }
 
 export class StagePlan {
@@ -68,10 +80,22 @@ export class StagePlan {
     return this.finalPerms[this.leafPerms.at(lo, hi, level) & limit] as PermSet;
   }
 
-  /** decodeW: the table's type, made RESERVED for a block with reserved address bits set. */
+  /**
+   * What the walker needs of a descriptor at a level, in one lookup: its type
+   * (decodeW: bits & 7, RESERVED for a block with reserved address bits set)
+   * and, for a table, its permission limit (tableLimitW: bits >>> 3).
+   */
+  decodeLevel(lo: number, hi: number, level: number): number {
+    const d = this.levelTable.at(lo, hi, level);
+    return (d & TYPE_MASK) === D_BLOCK && (lo & (this.blockRsv[level + 1] as number)) !== 0 ? (d & ~TYPE_MASK) | D_RESERVED : d;
+  }
+
   decodeW(lo: number, hi: number, level: number): DescType {
-    const t = this.decode.at(lo, hi, level) as DescType;
-    return t === D_BLOCK && (lo & (this.blockRsv[level + 1] as number)) !== 0 ? D_RESERVED : t;
+    return (this.decodeLevel(lo, hi, level) & TYPE_MASK) as DescType;
+  }
+
+  tableLimitW(lo: number, hi: number, level: number): PermSet {
+    return this.levelTable.at(lo, hi, level) >>> TABLE_LIMIT_SHIFT;
   }
 
   /** The format, for what the tables do not cover (output layouts that are not a plain field, isGlobalW). */
@@ -111,12 +135,13 @@ export class StagePlan {
   readonly granuleLo: number;
   /** High-word address mask, or -1 when the format's output layout is not a plain field. */
   readonly hiMask: number;
-  /** decodeW without the reserved block address bits, which blockRsv (index level + 1) holds. */
-  readonly decode: DescTable;
+  /**
+   * decodeW (without the reserved block address bits, which blockRsv at index
+   * level + 1 holds) | tableLimitW << 3, over the bits either reads: a table
+   * level costs one lookup.
+   */
+  readonly levelTable: DescTable;
   readonly blockRsv: number[] = [];
-  /** tableLimitW, and whether it can restrict at all (else the walker skips it). */
-  readonly tableLimit: DescTable;
-  readonly tableLimits: boolean;
   /** leafPermsW. */
   readonly leafPerms: DescTable;
   /** finalPerms over every permission set. */
@@ -149,11 +174,12 @@ export class StagePlan {
       this.blockLo.push(sh < 32 ? loMaskAbove(sh) : -1);
       this.blockRsv.push(fmt.blockReservedLo(l));
     }
-    this.decode = new DescTable(fmt.decodeBits, (lo, hi, level) => fmt.decodeW(lo, hi, level, st));
+    this.levelTable = new DescTable(
+      unionBits(fmt.decodeBits, fmt.tableLimitBits),
+      (lo, hi, level) => fmt.decodeW(lo, hi, level, st) | (fmt.tableLimitW(lo, hi, level, st) << TABLE_LIMIT_SHIFT),
+    );
     this.granuleLo = loMaskAbove(fmt.granuleShift);
     this.hiMask = fmt.addressHiMask ?? -1;
-    this.tableLimit = new DescTable(fmt.tableLimitBits, (lo, hi, level) => fmt.tableLimitW(lo, hi, level, st));
-    this.tableLimits = this.tableLimit.differsFrom(PERM_ALL);
     this.leafPerms = new DescTable(fmt.leafPermBits, (lo, hi, level) => fmt.leafPermsW(lo, hi, level, st));
     for (let p = 0; p < PERM_SETS; p++) this.finalPerms.push(fmt.finalPerms(p, st));
     this.setTableA = fmt.hw.accessInTables && st.ha === true;

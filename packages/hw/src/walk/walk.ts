@@ -40,7 +40,7 @@ import {
   type WalkStep,
   permits,
 } from "../translation.js";
-import { POW2, planOf, type StagePlan } from "./plan.js";
+import { POW2, planOf, type StagePlan, TABLE_LIMIT_SHIFT, TYPE_MASK } from "./plan.js";
 
 // Local snapshots of imported constants: module-namespace getters (as emitted
 // by tsx / vite transforms) would otherwise sit on the hot path.
@@ -357,11 +357,13 @@ function walkCore(
   if (plan.badGeometry) return fault(ctx, "translation", p, start, access.kind);
   const nested = stage1 && ctx.s2Plan !== undefined;
   // Loop invariants kept in locals (property loads per level add up over 24 levels).
-  const { shifts, blockLo, granuleLo, hiMask, tableLimit, tableLimits, setTableA, oaLimit, startBits, aLo, aHi } = plan;
+  const { shifts, blockLo, granuleLo, hiMask, setTableA, oaLimit, startBits, aLo, aHi } = plan;
   const w = ctx.w;
   const probe = access.probe === true;
   const visitor = ctx.visitor;
   const record = ctx.record;
+  const mem = ctx.mem;
+  const fast = ctx.fast;
   // Faults of a stage-1 descriptor fetch or A/D write-back are CLASS TT.
   const fetchCls = stage1 ? "TT" : p.cls;
 
@@ -383,11 +385,12 @@ function walkCore(
         descPa = ctx.rOut;
       }
       // F_WALK_EABT: FetchAddr = descriptor PA.
-      if (!readDesc(ctx, descPa)) return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, fetchCls);
+      if (!(fast ? (mem.read64Split as NonNullable<PhysicalMemory["read64Split"]>)(descPa, w) === undefined : readDesc(ctx, descPa))) return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, fetchCls);
       if (record) ctx.reads[ctx.nReads++] = descPa;
       const lo = w[0] as number;
       const hi = w[1] as number;
-      const type: DescType = plan.decodeW(lo, hi, level);
+      const d = plan.decodeLevel(lo, hi, level);
+      const type = (d & TYPE_MASK) as DescType;
       if (visitor) {
         visitor({
           stage: p.stage,
@@ -408,7 +411,7 @@ function walkCore(
       if (out >= oaLimit) return fault(ctx, "address-size", p, level, access.kind, descPa, lo, hi);
 
       if (type === D_TABLE) {
-        if (tableLimits) limit &= tableLimit.at(lo, hi, level);
+        limit &= d >>> TABLE_LIMIT_SHIFT;
         // VT-d sets A in every paging-structure entry it uses (x86 rule).
         if (setTableA && ((lo & aLo) | (hi & aHi)) === 0) {
           const nlo = (lo | aLo | plan.eaLo) >>> 0;
