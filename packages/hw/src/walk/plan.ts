@@ -80,6 +80,18 @@ export class StagePlan {
     return this.finalPerms[this.leafPerms.at(lo, hi, level) & limit] as PermSet;
   }
 
+  /** A leaf's low word after a hardware dirty update: DBM flips the write bit to its writable state; else D is set. */
+  dirtiedLo(lo: number): number {
+    if (!this.dbm) return (lo | this.dirtyLo) >>> 0;
+    return (this.writeBitMeansWritable ? lo | this.writeLo : lo & ~this.writeLo) >>> 0;
+  }
+
+  /** The high word likewise. */
+  dirtiedHi(hi: number): number {
+    if (!this.dbm) return (hi | this.dirtyHi) >>> 0;
+    return (this.writeBitMeansWritable ? hi | this.writeHi : hi & ~this.writeHi) >>> 0;
+  }
+
   /**
    * What the walker needs of a descriptor at a level, in one lookup: its type
    * (decodeW: bits & 7, RESERVED for a block with reserved address bits set)

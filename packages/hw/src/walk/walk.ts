@@ -258,11 +258,8 @@ function readsOf(ctx: Ctx): number[] | undefined {
   return ctx.record ? ctx.reads.slice(0, ctx.nReads) : undefined;
 }
 
-/** Read the descriptor at `pa` into ctx.w; returns false on an abort. */
-function readDesc(ctx: Ctx, pa: number): boolean {
-  if (ctx.fast) {
-    return (ctx.mem.read64Split as NonNullable<PhysicalMemory["read64Split"]>)(pa, ctx.w) === undefined;
-  }
+/** Read the descriptor at `pa` into ctx.w through read64 (a memory without read64Split); false on an abort. */
+function readSlow(ctx: Ctx, pa: number): boolean {
   const r = ctx.mem.read64(BigInt(pa));
   if (!r.ok) return false;
   ctx.w[0] = Number(r.value & 0xffffffffn);
@@ -384,8 +381,9 @@ function walkCore(
         if (t !== undefined) return t;
         descPa = ctx.rOut;
       }
+      const read = fast ? (mem.read64Split as NonNullable<PhysicalMemory["read64Split"]>)(descPa, w) === undefined : readSlow(ctx, descPa);
       // F_WALK_EABT: FetchAddr = descriptor PA.
-      if (!(fast ? (mem.read64Split as NonNullable<PhysicalMemory["read64Split"]>)(descPa, w) === undefined : readDesc(ctx, descPa))) return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, fetchCls);
+      if (!read) return fault(ctx, "external-abort", p, level, "read", descPa, undefined, undefined, undefined, fetchCls);
       if (record) ctx.reads[ctx.nReads++] = descPa;
       const lo = w[0] as number;
       const hi = w[1] as number;
@@ -457,18 +455,13 @@ function walkCore(
       let perms = plan.leafPermsUnder(lo, hi, level, limit);
       let writeNeedsWalk = false;
       if (plan.hd) {
-        const d = dirtyUpdate(plan, access, probe, lo, hi, level, limit, perms);
-        if (d === DIRTY_DEFERRED) writeNeedsWalk = true;
-        else if (d !== NO_DIRTY) {
+        const dirty = dirtyUpdate(plan, access, probe, lo, hi, level, limit, perms);
+        if (dirty === DIRTY_DEFERRED) writeNeedsWalk = true;
+        else if (dirty !== NO_DIRTY) {
           // A write made the leaf dirty: the written descriptor's permissions apply.
-          perms = d;
-          if (plan.dbm) {
-            nlo = (plan.writeBitMeansWritable ? nlo | plan.writeLo : nlo & ~plan.writeLo) >>> 0;
-            nhi = (plan.writeBitMeansWritable ? nhi | plan.writeHi : nhi & ~plan.writeHi) >>> 0;
-          } else {
-            nlo = (nlo | plan.dirtyLo) >>> 0;
-            nhi = (nhi | plan.dirtyHi) >>> 0;
-          }
+          perms = dirty;
+          nlo = plan.dirtiedLo(nlo);
+          nhi = plan.dirtiedHi(nhi);
         }
       }
       if (!probe && !allowed(perms, access, plan.execNeedsRead)) {
@@ -527,9 +520,7 @@ function dirtyUpdate(plan: StagePlan, access: AccessRequest, probe: boolean, lo:
     const wbit = ((lo & plan.writeLo) | (hi & plan.writeHi)) !== 0;
     const clean = plan.writeBitMeansWritable ? !wbit : wbit;
     if (!clean || !dirtyBit) return NO_DIRTY;
-    const dlo = (plan.writeBitMeansWritable ? lo | plan.writeLo : lo & ~plan.writeLo) >>> 0;
-    const dhi = (plan.writeBitMeansWritable ? hi | plan.writeHi : hi & ~plan.writeHi) >>> 0;
-    const dperms = plan.leafPermsUnder(dlo, dhi, level, limit);
+    const dperms = plan.leafPermsUnder(plan.dirtiedLo(lo), plan.dirtiedHi(hi), level, limit);
     if ((dperms & P_W) === 0) return NO_DIRTY;
     return wantsWrite && allowed(dperms, access, plan.execNeedsRead) ? dperms : DIRTY_DEFERRED;
   }
