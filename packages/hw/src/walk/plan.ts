@@ -1,10 +1,12 @@
 // A StageConfig's walk constants, computed once per config (cached in a
 // WeakMap) so the walker's level loop reads numbers and small tables instead
 // of calling into the format: the root as a number (Number(bigint) costs tens
-// of ns), level shifts, output-address masks, and the format's permission
-// functions tabulated over the few descriptor bits they read. Format calls on
-// the hot path are polymorphic once Arm and VT-d are walked in one process
-// (the host, the bench), which costs about a third of a nested walk.
+// of ns), level shifts, output-address masks, the StageConfig's switches (A/D
+// rules, SRE) and the format's decode and permission functions tabulated over
+// the few descriptor bits they read. The walker reads nothing else of the
+// config or the format on the hot path: both have a different shape per
+// vendor and stage, so their loads and calls are polymorphic once Arm and
+// VT-d are walked in one process (the host, the bench).
 //
 // The tables are filled by calling the format's own functions, so they agree
 // with them by construction as long as a format's DescBits name every bit its
