@@ -32,6 +32,39 @@ export interface PhysicalMemory {
   read64Split?(addr: number, out: Uint32Array): { ok: false; abort: "external" | "address-size"; addr: bigint } | undefined;
 }
 
+/**
+ * The 64-bit accessors from the byte accessors (little-endian), for memories
+ * that only move bytes (overlays, a guest kernel's pages); a memory with a
+ * faster word path overrides them.
+ */
+export abstract class ByteMemory implements PhysicalMemory {
+  abstract readonly paBits: number;
+  abstract read(addr: bigint, length: number): MemResult<Uint8Array>;
+  abstract write(addr: bigint, data: Uint8Array): MemResult<void>;
+
+  read64(addr: bigint): MemResult<bigint> {
+    const r = this.read(addr, 8);
+    return r.ok ? { ok: true, value: new DataView(r.value.buffer, r.value.byteOffset).getBigUint64(0, true) } : r;
+  }
+
+  write64(addr: bigint, value: bigint): MemResult<void> {
+    const bytes = new Uint8Array(8);
+    new DataView(bytes.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
+    return this.write(addr, bytes);
+  }
+
+  /** Read, compare, write: the models are single-threaded, so nothing runs between the three. */
+  cas64(addr: bigint, expected: bigint, value: bigint): MemResult<bigint> {
+    const cur = this.read64(addr);
+    if (!cur.ok) return cur;
+    if (cur.value === expected) {
+      const w = this.write64(addr, value);
+      if (!w.ok) return w;
+    }
+    return cur;
+  }
+}
+
 /** Counters every memory keeps, so benchmarks and tests can count walk reads. */
 export interface MemoryStats {
   reads: number;
@@ -39,7 +72,7 @@ export interface MemoryStats {
   pagesAllocated: number;
 }
 
-export class SparseMemory implements PhysicalMemory {
+export class SparseMemory extends ByteMemory {
   readonly paBits: number;
   readonly stats: MemoryStats = { reads: 0, writes: 0, pagesAllocated: 0 };
   private readonly pages = new Map<bigint, Uint8Array>();
@@ -60,6 +93,7 @@ export class SparseMemory implements PhysicalMemory {
   private fastLast: number;
 
   constructor(paBits = 52) {
+    super();
     if (paBits < 12 || paBits > 64) throw new RangeError(`paBits ${paBits} out of range`);
     this.paBits = paBits;
     this.limit = 1n << BigInt(paBits);
@@ -156,23 +190,14 @@ export class SparseMemory implements PhysicalMemory {
     return { ok: true, value: undefined };
   }
 
-  read64(addr: bigint): MemResult<bigint> {
-    if ((addr & 7n) !== 0n) {
-      const r = this.read(addr, 8);
-      return r.ok ? { ok: true, value: new DataView(r.value.buffer).getBigUint64(0, true) } : r;
-    }
+  override read64(addr: bigint): MemResult<bigint> {
+    if ((addr & 7n) !== 0n) return super.read64(addr);
     const bad = this.check(addr, 8);
     if (bad) return bad as MemResult<bigint>;
     this.stats.reads++;
     const p = this.page(addr >> BigInt(PAGE_SHIFT), false);
     if (!p) return { ok: true, value: 0n };
     return { ok: true, value: new DataView(p.buffer, p.byteOffset).getBigUint64(Number(addr & PAGE_MASK), true) };
-  }
-
-  write64(addr: bigint, value: bigint): MemResult<void> {
-    const bytes = new Uint8Array(8);
-    new DataView(bytes.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
-    return this.write(addr, bytes);
   }
 
   read64Split(addr: number, out: Uint32Array): { ok: false; abort: "external" | "address-size"; addr: bigint } | undefined {
@@ -207,15 +232,5 @@ export class SparseMemory implements PhysicalMemory {
       out[1] = v.getUint32(off + 4, true);
     }
     return undefined;
-  }
-
-  cas64(addr: bigint, expected: bigint, value: bigint): MemResult<bigint> {
-    const cur = this.read64(addr);
-    if (!cur.ok) return cur;
-    if (cur.value === expected) {
-      const w = this.write64(addr, value);
-      if (!w.ok) return w;
-    }
-    return cur;
   }
 }

@@ -8,7 +8,7 @@
 
 import { hex } from "../bits.js";
 import { VTD_FIRST_STAGE, VTD_SECOND_STAGE } from "../format/vtd.js";
-import type { MemResult, PhysicalMemory } from "../memory.js";
+import { ByteMemory, type MemResult, type PhysicalMemory } from "../memory.js";
 import type { JsonConfigStep, JsonNum, JsonStep, JsonWalkResult, WalkQuery, WalkVendor } from "../tools/walk.js";
 import { DESC_NAMES, permString, type WalkStep } from "../translation.js";
 import type { VtdFaultReason } from "./fault-reasons.js";
@@ -18,10 +18,11 @@ import { DEFAULT_VTD_CAPABILITIES, VTD_REG, type VtdCapabilities } from "./regs.
 import { Vtd, type VtdExplain, type VtdTranslateResult } from "./vtd.js";
 
 /** Copy-on-write view: reads fall through to the image, writes stay here. */
-export class OverlayMemory implements PhysicalMemory {
+export class OverlayMemory extends ByteMemory {
   readonly paBits: number;
   private readonly pages = new Map<bigint, Uint8Array>();
   constructor(readonly base: PhysicalMemory) {
+    super();
     this.paBits = base.paBits;
   }
   private pageOf(pfn: bigint): Uint8Array | undefined {
@@ -52,24 +53,6 @@ export class OverlayMemory implements PhysicalMemory {
       p[Number(a & 0xfffn)] = data[i] as number;
     }
     return { ok: true, value: undefined };
-  }
-  read64(addr: bigint): MemResult<bigint> {
-    const r = this.read(addr, 8);
-    return r.ok ? { ok: true, value: new DataView(r.value.buffer).getBigUint64(0, true) } : r;
-  }
-  write64(addr: bigint, value: bigint): MemResult<void> {
-    const b = new Uint8Array(8);
-    new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
-    return this.write(addr, b);
-  }
-  cas64(addr: bigint, expected: bigint, value: bigint): MemResult<bigint> {
-    const cur = this.read64(addr);
-    if (!cur.ok) return cur;
-    if (cur.value === expected) {
-      const w = this.write64(addr, value);
-      if (!w.ok) return w;
-    }
-    return cur;
   }
   /** Addresses the walk would have written (A/D updates), for explain. */
   get dirtyPages(): bigint[] {

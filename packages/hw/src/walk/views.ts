@@ -3,7 +3,7 @@
 // its stage-1 tables with map at GPAs), and by tests to back one address
 // space with scattered, non-contiguous pages (§7 ruling 1).
 
-import type { MemResult, PhysicalMemory } from "../memory.js";
+import { ByteMemory, type MemResult, type PhysicalMemory } from "../memory.js";
 import { type StageConfig, READ, WRITE } from "../translation.js";
 import { walkStage } from "./walk.js";
 
@@ -15,7 +15,7 @@ export type AddressTranslator = (addr: bigint, write: boolean) => bigint | undef
  * (`pageShift`, default 4 KiB) before reaching `backing`. Unmapped pages
  * abort with "external"; the backing memory's own aborts pass through.
  */
-export class TranslatedMemory implements PhysicalMemory {
+export class TranslatedMemory extends ByteMemory {
   private readonly pageSize: bigint;
 
   constructor(
@@ -24,6 +24,7 @@ export class TranslatedMemory implements PhysicalMemory {
     readonly paBits = 52,
     readonly pageShift = 12,
   ) {
+    super();
     this.pageSize = 1n << BigInt(pageShift);
   }
 
@@ -62,23 +63,20 @@ export class TranslatedMemory implements PhysicalMemory {
     return { ok: true, value: undefined };
   }
 
-  read64(addr: bigint): MemResult<bigint> {
-    if ((addr & 7n) !== 0n) {
-      const r = this.read(addr, 8);
-      return r.ok ? { ok: true, value: new DataView(r.value.buffer).getBigUint64(0, true) } : r;
-    }
+  override read64(addr: bigint): MemResult<bigint> {
+    if ((addr & 7n) !== 0n) return super.read64(addr);
     const pa = this.xlate(addr, false);
     if (pa === undefined) return { ok: false, abort: "external", addr };
     return this.backing.read64(pa);
   }
 
-  write64(addr: bigint, value: bigint): MemResult<void> {
+  override write64(addr: bigint, value: bigint): MemResult<void> {
     const pa = this.xlate(addr, true);
     if (pa === undefined) return { ok: false, abort: "external", addr };
     return this.backing.write64(pa, value);
   }
 
-  cas64(addr: bigint, expected: bigint, value: bigint): MemResult<bigint> {
+  override cas64(addr: bigint, expected: bigint, value: bigint): MemResult<bigint> {
     const pa = this.xlate(addr, true);
     if (pa === undefined) return { ok: false, abort: "external", addr };
     return this.backing.cas64(pa, expected, value);

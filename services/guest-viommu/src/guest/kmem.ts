@@ -11,7 +11,7 @@
 // write or invalidation that depends on them (DESIGN §3 ordering). Only
 // changed words are written, so A/D bits the hardware set in other words of
 // the same page are never overwritten.
-import { type MemResult, PAGE_SIZE, type PageAllocator, type PhysicalMemory } from "@iommufd/hw";
+import { ByteMemory, type MemResult, PAGE_SIZE, type PageAllocator } from "@iommufd/hw";
 import { ErrnoError } from "@iommufd/kit";
 import type { GuestRamOp, RamRegion } from "./ram.js";
 
@@ -91,7 +91,7 @@ export class PhysAllocator {
  * tracking. Accesses to pages it does not own abort (a guest kernel bug, not
  * something to hide).
  */
-export class KernelMemory implements PhysicalMemory {
+export class KernelMemory extends ByteMemory {
   readonly paBits = 52;
   private readonly pages = new Map<bigint, Uint8Array>();
   /** Dirty words per page, in the order pages were first dirtied. */
@@ -166,26 +166,6 @@ export class KernelMemory implements PhysicalMemory {
       done += n;
     }
     return { ok: true, value: undefined };
-  }
-
-  read64(addr: bigint): MemResult<bigint> {
-    const r = this.read(addr, 8);
-    return r.ok ? { ok: true, value: new DataView(r.value.buffer).getBigUint64(0, true) } : r;
-  }
-
-  write64(addr: bigint, value: bigint): MemResult<void> {
-    const b = new Uint8Array(8);
-    new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
-    return this.write(addr, b);
-  }
-
-  cas64(addr: bigint, expected: bigint, value: bigint): MemResult<bigint> {
-    const cur = this.read64(addr);
-    if (cur.ok && cur.value === expected) {
-      const w = this.write64(addr, value);
-      if (!w.ok) return w;
-    }
-    return cur;
   }
 
   /** Write words through, throwing on pages not owned (driver code, where that is a bug). */

@@ -53,6 +53,7 @@
 // answered Response Failure. (Upstream arm-smmu-v3 denies every PRI request.)
 
 import {
+  ByteMemory,
   ARM_S2_DEFAULT_MEMATTR,
   CD,
   CERROR,
@@ -1859,11 +1860,12 @@ class SmmuVsmmu implements ViommuHw {
 // A copy-on-write view of physical memory for explain(): the walk's hardware
 // access/dirty updates land in the overlay, never in host memory.
 
-class OverlayMemory implements PhysicalMemory {
+class OverlayMemory extends ByteMemory {
   readonly paBits: number;
   private readonly pages = new Map<bigint, Uint8Array>();
 
   constructor(private readonly backing: PhysicalMemory) {
+    super();
     this.paBits = backing.paBits;
   }
 
@@ -1905,27 +1907,5 @@ class OverlayMemory implements PhysicalMemory {
       done += n;
     }
     return { ok: true, value: undefined };
-  }
-
-  read64(addr: bigint): MemResult<bigint> {
-    const r = this.read(addr, 8);
-    if (!r.ok) return r;
-    return { ok: true, value: new DataView(r.value.buffer).getBigUint64(0, true) };
-  }
-
-  write64(addr: bigint, value: bigint): MemResult<void> {
-    const b = new Uint8Array(8);
-    new DataView(b.buffer).setBigUint64(0, BigInt.asUintN(64, value), true);
-    return this.write(addr, b);
-  }
-
-  cas64(addr: bigint, expected: bigint, value: bigint): MemResult<bigint> {
-    const r = this.read64(addr);
-    if (!r.ok) return r;
-    if (r.value === expected) {
-      const w = this.write64(addr, value);
-      if (!w.ok) return w;
-    }
-    return r;
   }
 }
