@@ -66,6 +66,8 @@ const H_APT1 = 1 << (ARM_DESC.APTABLE1 - 32);
 /** Linux defaults: S1 AttrIndx of normal WB memory (ARM_LPAE_MAIR_ATTR_IDX_CACHE = 1), S2 MemAttr 0xF. */
 export const ARM_S1_DEFAULT_ATTRINDX = 1;
 export const ARM_S2_DEFAULT_MEMATTR = 0xf;
+/** Linux's MAIR for io-pgtable-arm stage-1 tables (CD.MAIR): attr 0 NC, 1 WBRWA (ARM_S1_DEFAULT_ATTRINDX), 2 Device, 3 inner-NC outer-WB. */
+export const ARM_LPAE_MAIR = 0xf404ff44n;
 
 export type ArmGranuleShift = 12 | 14 | 16;
 

@@ -27,9 +27,6 @@ import type { TableAllocator } from "./kmem.js";
 
 export type PgtableFormat = "arm-s1" | "vtd-fs";
 
-/** Linux MAIR for io-pgtable-arm: idx0 NC, idx1 WBRWA (the default AttrIndx), idx2 device, idx3 inner-NC outer-WB. */
-export const ARM_LPAE_MAIR = 0x44n | (0xffn << 8n) | (0x04n << 16n) | (0xf4n << 24n);
-
 /** Linux IOMMU_* prot bits (guest.v1 DmaProt). */
 export const IOMMU_PROT = { READ: 1, WRITE: 2, CACHE: 4, NOEXEC: 8, MMIO: 16, PRIV: 32 } as const;
 

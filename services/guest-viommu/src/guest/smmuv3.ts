@@ -12,6 +12,7 @@
 // Spec: Arm IHI 0070 §3.5 (queues), §4 (commands), §5 (STE, CD), §6.3
 // (registers), §7 (events), §8 (PRI); reference/hw-formats.md §1.
 import {
+  ARM_LPAE_MAIR,
   ATC_INV_SIZE_ALL,
   CERROR,
   CMDQ_CONS,
@@ -65,7 +66,6 @@ import { ErrnoError } from "@iommufd/kit";
 import { Mutex, fls, hex, sleep } from "../util.js";
 import type { Domain, DomainUser, DriverCallbacks, GuestDevice, GuestIommuDriver, IssuedInvalidation, PageRequestRecord } from "./iommu.js";
 import type { KernelMemory, PhysAllocator, TableAllocator } from "./kmem.js";
-import { ARM_LPAE_MAIR } from "./pgtable.js";
 import type { IrqLine, VirtualIommuPort } from "./port.js";
 import type { GuestRamOp } from "./ram.js";
 

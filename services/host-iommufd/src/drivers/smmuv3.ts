@@ -53,8 +53,9 @@
 // answered Response Failure. (Upstream arm-smmu-v3 denies every PRI request.)
 
 import {
-  ByteMemory,
+  ARM_LPAE_MAIR,
   ARM_S2_DEFAULT_MEMATTR,
+  ByteMemory,
   CD,
   CERROR,
   CMDQ_CONS,
@@ -153,8 +154,6 @@ const STRTAB_SPLIT = 8;
 const CTXDESC_L2_ENTRIES = 1024;
 const S1FMT_LINEAR = 0;
 const S1FMT_64K_L2 = 2;
-/** Linux's MAIR for stage-1 tables: attr 0 NC, 1 WBRWA (AttrIndx of normal memory), 2 Device, 3 outer-only WB. */
-const ARM_LPAE_MAIR = 0xf404ff44n;
 /** S2 MemAttr with S2FWB: 0b0110 forces Normal Write-Back (io-pgtable ARM_LPAE_PTE_MEMATTR_FWB_WB). */
 const S2_MEMATTR_FWB_WB = 0x6;
 /** Inner/outer write-back read/write-allocate, inner shareable (queue, table and walk attributes). */
