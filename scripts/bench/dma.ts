@@ -12,7 +12,7 @@
 // host's DMA path alone: the bench registered as a bare bus device sending
 // one-op DmaBatches itself, without device-sim in between.
 import { subjects } from "@iommufd/kit";
-import { DeviceRegisterReplySchema, DeviceRegisterSchema, DeviceUnregisterReplySchema, DeviceUnregisterSchema, DmaBatchResultSchema, DmaBatchSchema, DmaOpKind, DmaStatus } from "@iommufd/proto/bus";
+import { DmaBatchResultSchema, DmaBatchSchema, DmaOpKind, DmaStatus } from "@iommufd/proto/bus";
 import { WorkloadKind, type WorkloadStatus } from "@iommufd/proto/device";
 import { type BenchRow, judge, type Progress, Samples, timed } from "./common.js";
 import { ioasWithDevices, runWorkload } from "./devices.js";
@@ -125,22 +125,12 @@ async function publishRate(sys: BenchSystem, size: number, ms: number): Promise<
   return { rate: msgs / (Number(process.hrtime.bigint() - t0) / 1e9), msgs };
 }
 
-/** The bench itself as a bare bus device (no device-sim): registered behind smmu0 before the IOAS is set up. */
-async function registerBusDevice(sys: BenchSystem, rid: number): Promise<void> {
-  const reg = await sys.bus.request(
-    subjects.register,
-    DeviceRegisterSchema,
-    { seq: 1n, rid, name: "bench-dma-bus-device", process: "bench", iommuId: "smmu0", maxPasidLog2: 0, ats: false, pri: false, maxBatch: 64 },
-    DeviceRegisterReplySchema,
-  );
-  if (reg.iommuId !== "smmu0") throw new Error(`bus device registered behind ${reg.iommuId}`);
-}
-
 export async function dmaSection(sys: BenchSystem, progress: Progress, o: DmaOptions): Promise<BenchRow[]> {
   const s = await sys.session("bench-dma");
   const rows: BenchRow[] = [];
   try {
-    await registerBusDevice(sys, RID.busDma);
+    // Registered before the IOAS is set up, so it is attached with the endpoint.
+    await sys.registerBusDevice(RID.busDma, "bench-dma-bus-device");
     await ioasWithDevices(s, [RID.dma, RID.busDma], IOVA, REGION);
     progress.step("IOAS with 4 MiB mapped, endpoint attached");
     const spec = (size: number, kind: WorkloadKind, batch: number, inFlight: number, useAts: boolean, ms: number) => ({
@@ -253,9 +243,7 @@ export async function dmaSection(sys: BenchSystem, progress: Progress, o: DmaOpt
     }
   } finally {
     await s.close();
-    await sys.bus
-      .request(subjects.unregister, DeviceUnregisterSchema, { seq: 2n, rid: RID.busDma, process: "bench" }, DeviceUnregisterReplySchema, { timeoutMs: 2000 })
-      .catch(() => undefined);
+    await sys.unregisterBusDevice(RID.busDma);
   }
   return rows;
 }

@@ -34,10 +34,6 @@ import {
 } from "@iommufd/hw";
 import { subjects } from "@iommufd/kit";
 import {
-  DeviceRegisterReplySchema,
-  DeviceRegisterSchema,
-  DeviceUnregisterReplySchema,
-  DeviceUnregisterSchema,
   DmaBatchResultSchema,
   DmaBatchSchema,
   DmaOpKind,
@@ -207,13 +203,7 @@ export async function invalidationSection(sys: BenchSystem, progress: Progress, 
 
     // ---- vEVENTQ delivery -----------------------------------------------------------
     const rid = RID.busDevice;
-    const reg = await sys.bus.request(
-      subjects.register,
-      DeviceRegisterSchema,
-      { seq: 1n, rid, name: "bench-bus-device", process: "bench", iommuId: "smmu0", maxPasidLog2: 0, ats: false, pri: false, maxBatch: 64 },
-      DeviceRegisterReplySchema,
-    );
-    if (reg.iommuId !== "smmu0") throw new Error(`bus device registered behind ${reg.iommuId}`);
+    await sys.registerBusDevice(rid, "bench-bus-device");
     try {
       const vm = await nestedVm(sys, s, rid, 0x20n);
       const q = await s.io.veventqAlloc({ viommuId: vm.viommu, type: VeventqType.ARM_SMMUV3, veventqDepth: 1024 });
@@ -260,9 +250,7 @@ export async function invalidationSection(sys: BenchSystem, progress: Progress, 
       );
       progress.step("vEVENTQ deliveries");
     } finally {
-      await sys.bus
-        .request(subjects.unregister, DeviceUnregisterSchema, { seq: 2n, rid, process: "bench" }, DeviceUnregisterReplySchema, { timeoutMs: 2000 })
-        .catch(() => undefined);
+      await sys.unregisterBusDevice(rid);
     }
   } finally {
     await s.close();

@@ -12,7 +12,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Client, credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { Bus, createClient, createLogger, subjects } from "@iommufd/kit";
-import { PingSchema, PongSchema } from "@iommufd/proto/bus";
+import { DeviceRegisterReplySchema, DeviceRegisterSchema, DeviceUnregisterReplySchema, DeviceUnregisterSchema, PingSchema, PongSchema } from "@iommufd/proto/bus";
 import { Device } from "@iommufd/proto/device";
 import { Admin } from "@iommufd/proto/iommufd";
 import { REPO_ROOT, TestTopology, type UapiSession, openSession } from "@iommufd/testkit";
@@ -206,6 +206,24 @@ export class BenchSystem {
     const payload = new Uint8Array(opts.payloadBytes ?? 16);
     const pong = await this.bus.request(subjects.ping("host"), PingSchema, { seq: ++this.pingSeq, payload, responseSize: opts.responseBytes ?? 0 }, PongSchema);
     return pong.payload.length === (opts.responseBytes || payload.length);
+  }
+
+  /** Register the bench itself as a bare bus device (no device-sim) behind smmu0, to send DMA from the bench. */
+  async registerBusDevice(rid: number, name: string): Promise<void> {
+    const reg = await this.bus.request(
+      subjects.register,
+      DeviceRegisterSchema,
+      { seq: 1n, rid, name, process: "bench", iommuId: "smmu0", maxPasidLog2: 0, ats: false, pri: false, maxBatch: 64 },
+      DeviceRegisterReplySchema,
+    );
+    if (reg.iommuId !== "smmu0") throw new Error(`bus device registered behind ${reg.iommuId}`);
+  }
+
+  /** Undo registerBusDevice (best effort: the bench is ending a section). */
+  async unregisterBusDevice(rid: number): Promise<void> {
+    await this.bus
+      .request(subjects.unregister, DeviceUnregisterSchema, { seq: 2n, rid, process: "bench" }, DeviceUnregisterReplySchema, { timeoutMs: 2000 })
+      .catch(() => undefined);
   }
 
   async stop(): Promise<void> {
