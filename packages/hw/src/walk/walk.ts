@@ -141,8 +141,6 @@ interface Ctx {
   readonly reads: number[];
   nReads: number;
   visitor: ((step: WalkStep) => void) | undefined;
-  /** Nested: the stage-2 config through which stage-1 table addresses go. */
-  s2ForTables: StageConfig | undefined;
   // Result registers written by a successful walkCore.
   rOut: number;
   rLevel: number;
@@ -224,7 +222,6 @@ function makeCtx(
       reads: [],
       nReads: 0,
       visitor: opts?.visitor,
-      s2ForTables,
       rOut: 0,
       rLevel: 0,
       rShift: 0,
@@ -243,7 +240,6 @@ function makeCtx(
   c.record = opts?.recordReads === true;
   c.nReads = 0;
   c.visitor = opts?.visitor;
-  c.s2ForTables = s2ForTables;
   return c;
 }
 
