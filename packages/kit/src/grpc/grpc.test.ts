@@ -13,6 +13,7 @@ import { bind, type RunningGrpcServer, startGrpcServer } from "./server.js";
 
 let server: RunningGrpcServer;
 let seenCorrelation = "";
+const signalSeen: string[] = [];
 
 beforeAll(async () => {
   server = await startGrpcServer({
@@ -29,6 +30,16 @@ beforeAll(async () => {
         async keepAlive(_req, ctx) {
           await new Promise((r) => setTimeout(r, 500));
           return { leaseMs: ctx.signal.aborted ? 0 : 1 };
+        },
+        // Waits up to ioasId ms for the call's signal, taken before the wait (numIovas 1: a listener) or after it.
+        async ioasIovaRanges(req, ctx) {
+          const early = req.numIovas === 1 ? ctx.signal : undefined;
+          const aborted = await new Promise<boolean>((r) => {
+            setTimeout(() => r((early ?? ctx.signal).aborted), req.ioasId);
+            early?.addEventListener("abort", () => r(true));
+          });
+          signalSeen.push(`${early ? "early" : "late"} ${aborted ? "aborted" : "live"}`);
+          return {};
         },
         ioasAlloc() {
           throw new Error("boom");
@@ -89,6 +100,23 @@ describe("gRPC errno mapping", () => {
     const c = createClient(Iommufd, server.address);
     const e = (await c.rpc.keepAlive({}, { deadlineMs: 100 }).catch((x: unknown) => x)) as ErrnoError;
     expect(e.errno).toBe("ETIMEDOUT");
+    c.close();
+  });
+
+  it("aborts the handler's signal when the call is cancelled, whether it was taken before or after, and only then", async () => {
+    const c = createClient(Iommufd, server.address);
+    signalSeen.length = 0;
+    const call = (ms: number, early: boolean, deadlineMs?: number) =>
+      c.rpc.ioasIovaRanges({ ioasId: ms, numIovas: early ? 1 : 0 }, { deadlineMs }).then(
+        () => "ok",
+        (e: ErrnoError) => e.errno,
+      );
+    expect(await call(10, true)).toBe("ok");
+    expect(await call(10, false)).toBe("ok");
+    expect(await call(5000, true, 100)).toBe("ETIMEDOUT");
+    expect(await call(300, false, 100)).toBe("ETIMEDOUT");
+    await new Promise((r) => setTimeout(r, 400));
+    expect(signalSeen).toEqual(["early live", "late live", "early aborted", "late aborted"]);
     c.close();
   });
 

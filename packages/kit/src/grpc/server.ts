@@ -48,21 +48,51 @@ export interface RunningGrpcServer {
   shutdown(): Promise<void>;
 }
 
-function correlationId(md: Metadata): string {
-  const v = md.get(CORRELATION_HEADER)[0];
-  return v ? v.toString() : randomUUID();
-}
+/**
+ * The per-call context. The logger, the abort signal and the peer are made on
+ * first use: most calls use none of them, and grpc-js reports every finished
+ * call as "cancelled", so an eager signal would be aborted after every call.
+ */
+class Call implements CallContext {
+  #cid?: string;
+  #log?: Logger;
+  #ac?: AbortController;
 
-function contextOf(path: string, call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>, log: Logger): CallContext {
-  const ac = new AbortController();
-  call.on("cancelled", () => ac.abort(new Error("cancelled")));
-  const id = correlationId(call.metadata);
-  return { path, metadata: call.metadata, correlationId: id, log: log.child({ rpc: path, cid: id }), signal: ac.signal, peer: call.getPeer() };
+  constructor(
+    readonly path: string,
+    private readonly call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>,
+    private readonly parentLog: Logger,
+  ) {}
+
+  get metadata(): Metadata {
+    return this.call.metadata;
+  }
+
+  get correlationId(): string {
+    return (this.#cid ??= this.call.metadata.get(CORRELATION_HEADER)[0]?.toString() || randomUUID());
+  }
+
+  get log(): Logger {
+    return (this.#log ??= this.parentLog.child({ rpc: this.path, cid: this.correlationId }));
+  }
+
+  get signal(): AbortSignal {
+    if (!this.#ac) {
+      const ac = (this.#ac = new AbortController());
+      if (this.call.cancelled) ac.abort(new Error("cancelled"));
+      else this.call.once("cancelled", () => ac.abort(new Error("cancelled")));
+    }
+    return this.#ac.signal;
+  }
+
+  get peer(): string {
+    return this.call.getPeer();
+  }
 }
 
 function unaryHandler(path: string, method: DescService["methods"][number], fn: Function, log: Logger): UntypedHandleCall {
   return async (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
-    const ctx = contextOf(path, call, log);
+    const ctx = new Call(path, call, log);
     try {
       const out = await fn(call.request, ctx);
       callback(null, create(method.output, out));
@@ -77,7 +107,7 @@ function unaryHandler(path: string, method: DescService["methods"][number], fn: 
 
 function streamHandler(path: string, method: DescService["methods"][number], fn: Function, log: Logger): UntypedHandleCall {
   return async (call: ServerWritableStream<unknown, unknown>) => {
-    const ctx = contextOf(path, call, log);
+    const ctx = new Call(path, call, log);
     try {
       for await (const out of fn(call.request, ctx) as AsyncIterable<unknown>) {
         if (ctx.signal.aborted) break;

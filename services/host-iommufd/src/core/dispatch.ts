@@ -13,12 +13,18 @@ import type { Session } from "./session.js";
 /** The per-call context (the kernel's struct iommufd_ucmd). */
 export class Ucmd {
   private readonly created: IommufdObject[] = [];
+  #log?: Logger;
 
   constructor(
     readonly session: Session,
     readonly host: Host,
-    readonly log: Logger,
+    private readonly ctx: CallContext,
   ) {}
+
+  /** The call's logger with the session bound, made on first use (most calls log nothing). */
+  get log(): Logger {
+    return (this.#log ??= this.ctx.log.child({ session: this.session.id }));
+  }
 
   /** Reserve an ID for a new object; it becomes visible only if the call succeeds. */
   alloc<T extends IommufdObject>(obj: T): T {
@@ -95,7 +101,7 @@ export function buildService<S extends DescService>(
         return session.serialize(async () => {
           // Any call shows the client is alive: the lease runs from the end of its last call.
           session.renew();
-          const ucmd = new Ucmd(session, host, ctx.log.child({ session: session.id }));
+          const ucmd = new Ucmd(session, host, ctx);
           try {
             const out = await fn(req, ucmd);
             ucmd.finalize();

@@ -14,9 +14,9 @@ import { IoPagetable, type IoptDomain, type Prot, ULONG_MAX } from "../iopt/io-p
  * unmap itself has happened and succeeds, as Linux logs the time-out and
  * carries on.
  */
-export async function syncDomains(domains: readonly IoptDomain[], log: Logger): Promise<void> {
+export async function syncDomains(domains: readonly IoptDomain[], ucmd: { readonly log: Logger }): Promise<void> {
   const results = await Promise.allSettled(domains.map((d) => (d as Partial<PagingDomain>).iotlbSync?.()));
-  for (const r of results) if (r.status === "rejected") log.warn({ err: String(r.reason) }, "device-TLB invalidation did not complete");
+  for (const r of results) if (r.status === "rejected") ucmd.log.warn({ err: String(r.reason) }, "device-TLB invalidation did not complete");
 }
 
 export class Ioas extends IommufdObject {
@@ -117,8 +117,8 @@ export const ioasHandlers: UcmdTable<typeof Iommufd> = {
     return { dstIova };
   },
 
-  async ioasUnmap(req, { session, log }) {
-    const { iopt } = session.objects.get<Ioas>(req.ioasId, "IOAS");
+  async ioasUnmap(req, ucmd) {
+    const { iopt } = ucmd.session.objects.get<Ioas>(req.ioasId, "IOAS");
     let length: bigint;
     if (req.iova === 0n && req.length === ULONG_MAX) length = iopt.unmapAll();
     else {
@@ -126,7 +126,7 @@ export const ioasHandlers: UcmdTable<typeof Iommufd> = {
       length = iopt.unmap(req.iova, req.length);
     }
     // The unmap returns once every device's ATC has dropped the range (Linux's iotlb_sync).
-    await syncDomains(iopt.domains, log);
+    await syncDomains(iopt.domains, ucmd);
     return { length };
   },
 
