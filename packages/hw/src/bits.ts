@@ -11,17 +11,31 @@ export interface Field {
   readonly lo: number;
 }
 
+/**
+ * A field made by `f` or `abs` also carries its shift and width mask as
+ * bigints, so `get` and `set` (on every command, queue entry and table
+ * entry) do no BigInt conversions; a plain `{ qw, hi, lo }` still works.
+ */
+interface PreparedField extends Field {
+  readonly shift: bigint;
+  readonly ones: bigint;
+}
+
+function prepared(qw: number, hi: number, lo: number): PreparedField {
+  return { qw, hi, lo, shift: BigInt(lo), ones: (1n << BigInt(hi - lo + 1)) - 1n };
+}
+
 /** A field declared at absolute bit positions (abs = 64 * qw + bit). */
 export function abs(hi: number, lo: number): Field {
   const qw = Math.floor(lo / 64);
   if (Math.floor(hi / 64) !== qw) throw new RangeError(`field [${hi}:${lo}] crosses a 64-bit word`);
-  return { qw, hi: hi - 64 * qw, lo: lo - 64 * qw };
+  return prepared(qw, hi - 64 * qw, lo - 64 * qw);
 }
 
 /** A field at bits [hi:lo] of word qw. */
 export function f(qw: number, hi: number, lo = hi): Field {
   if (hi < lo || lo < 0 || hi > 63) throw new RangeError(`bad field [${hi}:${lo}]`);
-  return { qw, hi, lo };
+  return prepared(qw, hi, lo);
 }
 
 /** A table of named fields: `as const` objects typed by this. */
@@ -53,7 +67,9 @@ export function addrField(word: bigint, hi: number, lo: number): bigint {
 
 /** Read a field from a structure given as an array of 64-bit words. */
 export function get(words: readonly bigint[], fld: Field): bigint {
-  return extract(words[fld.qw] ?? 0n, fld.hi, fld.lo);
+  const w = words[fld.qw] ?? 0n;
+  const { shift, ones } = fld as Partial<PreparedField>;
+  return ones === undefined ? extract(w, fld.hi, fld.lo) : (w >> (shift as bigint)) & ones;
 }
 
 /** Read a field as a JS number (only for fields of at most 53 bits). */
@@ -63,7 +79,14 @@ export function getNum(words: readonly bigint[], fld: Field): number {
 
 /** Write a field into a structure given as an array of 64-bit words (in place). */
 export function set(words: bigint[], fld: Field, value: bigint | number): void {
-  words[fld.qw] = deposit(words[fld.qw] ?? 0n, fld.hi, fld.lo, BigInt(value));
+  const w = words[fld.qw] ?? 0n;
+  const v = BigInt(value);
+  const { shift, ones } = fld as Partial<PreparedField>;
+  if (ones === undefined) words[fld.qw] = deposit(w, fld.hi, fld.lo, v);
+  else {
+    if (v < 0n || v > ones) throw new RangeError(`value 0x${v.toString(16)} does not fit in [${fld.hi}:${fld.lo}]`);
+    words[fld.qw] = (w & ~(ones << (shift as bigint))) | (v << (shift as bigint));
+  }
 }
 
 /** Build a structure of `qwords` words from named field values. */
@@ -77,7 +100,8 @@ export function pack<T extends FieldTable>(
     if (value === undefined) continue;
     const fld = table[name];
     if (!fld) throw new RangeError(`unknown field ${name}`);
-    set(words, fld, value);
+    // Words start at zero: a zero field is already in place.
+    if (value !== 0 && value !== 0n) set(words, fld, value);
   }
   return words;
 }
@@ -89,10 +113,17 @@ export function unpack<T extends FieldTable>(table: T, words: readonly bigint[])
   return out;
 }
 
-/** Reverse lookup for `as const` encodings: value → name, for logs. */
+const reverse = new WeakMap<object, Map<number | bigint, string>>();
+
+/** Reverse lookup for `as const` encodings: value → name (the first name of a value), for logs and counters. */
 export function nameOf<T extends Readonly<Record<string, number | bigint>>>(enc: T, value: number | bigint): string {
-  for (const [k, v] of Object.entries(enc)) if (v === value) return k;
-  return `0x${value.toString(16)}`;
+  let names = reverse.get(enc);
+  if (!names) {
+    names = new Map();
+    for (const [k, v] of Object.entries(enc)) if (!names.has(v)) names.set(v, k);
+    reverse.set(enc, names);
+  }
+  return names.get(value) ?? `0x${value.toString(16)}`;
 }
 
 /** Little-endian bytes → 64-bit words (length must be a multiple of 8). */

@@ -184,6 +184,12 @@ export function commandName(opcode: number): string {
   return nameOf(CMD_OP, opcode);
 }
 
+// Module-level, not closures: the services run under tsx, whose esbuild
+// keepNames would give a per-call closure a defineProperty on every command.
+const ok = (cmd: Command): CommandCheck => ({ ok: true, cmd });
+const bad = (opcode: number, reason: string): CommandCheck => ({ ok: false, opcode, reason });
+const bit = (x: boolean) => (x ? 1 : 0);
+
 /**
  * Decode and check a raw 128-bit command against the features an SMMU
  * advertises. Commands for features not implemented, reserved encodings and
@@ -192,8 +198,6 @@ export function commandName(opcode: number): string {
  */
 export function decodeCommand(w: readonly bigint[], feat?: Readonly<SmmuFeatures>): CommandCheck {
   const opcode = commandOpcode(w);
-  const bad = (reason: string): CommandCheck => ({ ok: false, opcode, reason });
-  const ok = (cmd: Command): CommandCheck => ({ ok: true, cmd });
   const sid = getNum(w, CMD_COMMON.StreamID);
   const ssv = get(w, CMD_COMMON.SSV) !== 0n;
   const ssid = getNum(w, CMD_COMMON.SubstreamID);
@@ -207,7 +211,7 @@ export function decodeCommand(w: readonly bigint[], feat?: Readonly<SmmuFeatures
   if (ssidBits < 20 && ssid >> ssidBits !== 0) {
     // SubstreamID bits above SSIDSIZE are RES0 in commands that carry one (CFGI_CD always does).
     if (opcode === CMD_OP.CFGI_CD || (ssv && (opcode === CMD_OP.ATC_INV || opcode === CMD_OP.PRI_RESP))) {
-      return bad("SubstreamID beyond IDR1.SSIDSIZE");
+      return bad(opcode, "SubstreamID beyond IDR1.SSIDSIZE");
     }
   }
 
@@ -228,18 +232,18 @@ export function decodeCommand(w: readonly bigint[], feat?: Readonly<SmmuFeatures
     case CMD_OP.CFGI_STE_RANGE:
       return ok({ name: "CFGI_STE_RANGE", StreamID: sid, Range: getNum(w, CMD_CFGI.Range) });
     case CMD_OP.CFGI_CD:
-      if (!s1) return bad("CFGI_CD without stage 1");
+      if (!s1) return bad(opcode, "CFGI_CD without stage 1");
       return ok({ name: "CFGI_CD", StreamID: sid, SSV: ssv, SubstreamID: ssid, Leaf: get(w, CMD_CFGI.Leaf) !== 0n });
     case CMD_OP.CFGI_CD_ALL:
-      if (!s1) return bad("CFGI_CD_ALL without stage 1");
+      if (!s1) return bad(opcode, "CFGI_CD_ALL without stage 1");
       return ok({ name: "CFGI_CD_ALL", StreamID: sid });
     case CMD_OP.TLBI_EL3_ALL:
     case CMD_OP.TLBI_EL3_VA:
-      return bad("EL3 TLB invalidation on the Non-secure command queue");
+      return bad(opcode, "EL3 TLB invalidation on the Non-secure command queue");
     case CMD_OP.ATC_INV: {
-      if (!ats) return bad("ATC_INV without ATS");
+      if (!ats) return bad(opcode, "ATC_INV without ATS");
       const Size = getNum(w, CMD_ATC_INV.Size);
-      if (Size > ATC_INV_SIZE_ALL) return bad("ATC_INV Size above 52");
+      if (Size > ATC_INV_SIZE_ALL) return bad(opcode, "ATC_INV Size above 52");
       return ok({
         name: "ATC_INV",
         StreamID: sid,
@@ -251,9 +255,9 @@ export function decodeCommand(w: readonly bigint[], feat?: Readonly<SmmuFeatures
       });
     }
     case CMD_OP.PRI_RESP: {
-      if (!pri) return bad("PRI_RESP without PRI");
+      if (!pri) return bad(opcode, "PRI_RESP without PRI");
       const Resp = getNum(w, CMD_PRI_RESP.Resp);
-      if (Resp === 3) return bad("PRI_RESP Resp reserved");
+      if (Resp === 3) return bad(opcode, "PRI_RESP Resp reserved");
       return ok({
         name: "PRI_RESP",
         StreamID: sid,
@@ -264,17 +268,17 @@ export function decodeCommand(w: readonly bigint[], feat?: Readonly<SmmuFeatures
       });
     }
     case CMD_OP.RESUME: {
-      if (feat?.stallModel === 1) return bad("RESUME when stalls are not supported");
+      if (feat?.stallModel === 1) return bad(opcode, "RESUME when stalls are not supported");
       const Action = getNum(w, CMD_RESUME.Action);
-      if (Action === 3) return bad("RESUME Action reserved");
+      if (Action === 3) return bad(opcode, "RESUME Action reserved");
       return ok({ name: "RESUME", StreamID: sid, STAG: getNum(w, CMD_RESUME.STAG), Action });
     }
     case CMD_OP.STALL_TERM:
-      if (feat?.stallModel === 1) return bad("STALL_TERM when stalls are not supported");
+      if (feat?.stallModel === 1) return bad(opcode, "STALL_TERM when stalls are not supported");
       return ok({ name: "STALL_TERM", StreamID: sid });
     case CMD_OP.SYNC: {
       const CS = getNum(w, CMD_SYNC.CS);
-      if (CS === 3) return bad("SYNC CS reserved");
+      if (CS === 3) return bad(opcode, "SYNC CS reserved");
       return ok({
         name: "SYNC",
         CS,
@@ -290,13 +294,13 @@ export function decodeCommand(w: readonly bigint[], feat?: Readonly<SmmuFeatures
 
   if (TLBI_OPS.has(opcode)) {
     const name = nameOf(CMD_OP, opcode) as TlbiName;
-    if (name.startsWith("TLBI_EL2") && !hyp) return bad(`${name} without Hyp`);
-    if ((name === "TLBI_S12_VMALL" || name === "TLBI_S2_IPA") && !s2) return bad(`${name} without stage 2`);
-    if (name.startsWith("TLBI_NH") && !s1) return bad(`${name} without stage 1`);
+    if (name.startsWith("TLBI_EL2") && !hyp) return bad(opcode, `${name} without Hyp`);
+    if ((name === "TLBI_S12_VMALL" || name === "TLBI_S2_IPA") && !s2) return bad(opcode, `${name} without stage 2`);
+    if (name.startsWith("TLBI_NH") && !s1) return bad(opcode, `${name} without stage 1`);
     const TG = getNum(w, CMD_TLBI.TG);
     const ril = feat?.rangeInvalidation ?? true;
     const ranged = name.endsWith("_VA") || name.endsWith("_VAA") || name === "TLBI_S2_IPA";
-    if (ranged && TG !== 0 && !ril) return bad(`${name} range without IDR3.RIL`);
+    if (ranged && TG !== 0 && !ril) return bad(opcode, `${name} range without IDR3.RIL`);
     let VMID = getNum(w, CMD_TLBI.VMID);
     let ASID = getNum(w, CMD_TLBI.ASID);
     // 8-bit VMID/ASID implementations: bits [15:8] are RES0 (IDR0.VMID16/ASID16).
@@ -316,19 +320,18 @@ export function decodeCommand(w: readonly bigint[], feat?: Readonly<SmmuFeatures
       SCALE: getNum(w, CMD_TLBI.SCALE),
     });
   }
-  return bad(`unknown opcode 0x${opcode.toString(16)}`);
+  return bad(opcode, `unknown opcode 0x${opcode.toString(16)}`);
 }
 
 /** Encode a command into its two words. */
 export function encodeCommand(cmd: Command): [bigint, bigint] {
   let w: bigint[];
-  const b = (x: boolean) => (x ? 1 : 0);
   switch (cmd.name) {
     case "PREFETCH_CONFIG":
       w = pack(CMD_PREFETCH, 2, {
         OP: CMD_OP.PREFETCH_CONFIG,
         StreamID: cmd.StreamID,
-        SSV: b(cmd.SSV),
+        SSV: bit(cmd.SSV),
         SubstreamID: cmd.SubstreamID,
       });
       break;
@@ -336,14 +339,14 @@ export function encodeCommand(cmd: Command): [bigint, bigint] {
       w = pack(CMD_PREFETCH, 2, {
         OP: CMD_OP.PREFETCH_ADDR,
         StreamID: cmd.StreamID,
-        SSV: b(cmd.SSV),
+        SSV: bit(cmd.SSV),
         SubstreamID: cmd.SubstreamID,
         Size: cmd.Size,
         Addr: cmd.Addr >> 12n,
       });
       break;
     case "CFGI_STE":
-      w = pack(CMD_CFGI, 2, { OP: CMD_OP.CFGI_STE, StreamID: cmd.StreamID, Leaf: b(cmd.Leaf) });
+      w = pack(CMD_CFGI, 2, { OP: CMD_OP.CFGI_STE, StreamID: cmd.StreamID, Leaf: bit(cmd.Leaf) });
       break;
     case "CFGI_STE_RANGE":
       w = pack(CMD_CFGI, 2, { OP: CMD_OP.CFGI_STE_RANGE, StreamID: cmd.StreamID, Range: cmd.Range });
@@ -352,9 +355,9 @@ export function encodeCommand(cmd: Command): [bigint, bigint] {
       w = pack(CMD_CFGI, 2, {
         OP: CMD_OP.CFGI_CD,
         StreamID: cmd.StreamID,
-        SSV: b(cmd.SSV),
+        SSV: bit(cmd.SSV),
         SubstreamID: cmd.SubstreamID,
-        Leaf: b(cmd.Leaf),
+        Leaf: bit(cmd.Leaf),
       });
       break;
     case "CFGI_CD_ALL":
@@ -364,9 +367,9 @@ export function encodeCommand(cmd: Command): [bigint, bigint] {
       w = pack(CMD_ATC_INV, 2, {
         OP: CMD_OP.ATC_INV,
         StreamID: cmd.StreamID,
-        SSV: b(cmd.SSV),
+        SSV: bit(cmd.SSV),
         SubstreamID: cmd.SubstreamID,
-        Global: b(cmd.Global),
+        Global: bit(cmd.Global),
         Size: cmd.Size,
         Addr: cmd.Addr >> 12n,
       });
@@ -375,7 +378,7 @@ export function encodeCommand(cmd: Command): [bigint, bigint] {
       w = pack(CMD_PRI_RESP, 2, {
         OP: CMD_OP.PRI_RESP,
         StreamID: cmd.StreamID,
-        SSV: b(cmd.SSV),
+        SSV: bit(cmd.SSV),
         SubstreamID: cmd.SubstreamID,
         PRGIndex: cmd.PRGIndex,
         Resp: cmd.Resp,
@@ -404,7 +407,7 @@ export function encodeCommand(cmd: Command): [bigint, bigint] {
         ASID: cmd.ASID,
         NUM: cmd.NUM,
         SCALE: cmd.SCALE,
-        Leaf: b(cmd.Leaf),
+        Leaf: bit(cmd.Leaf),
         TTL: cmd.TTL,
         TG: cmd.TG,
         Addr: cmd.Addr >> 12n,

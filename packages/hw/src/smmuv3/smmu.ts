@@ -260,6 +260,13 @@ export interface ConsumeResult {
   readonly error?: { readonly cerror: number; readonly opcode: number; readonly reason: string };
 }
 
+/** What one consumeCommands call has done so far. */
+interface ConsumeRun {
+  consumed: number;
+  readonly atcIssued: AtcInvalidateRequest[];
+  readonly resolved: StallResolution[];
+}
+
 export interface SmmuCounters {
   translations: number;
   translationFaults: number;
@@ -967,56 +974,47 @@ export class SmmuV3 {
    * raised until software acknowledges it through GERRORN.
    */
   consumeCommands(): ConsumeResult {
-    const atcIssued: AtcInvalidateRequest[] = [];
-    const resolved: StallResolution[] = [];
-    let consumed = 0;
-    const done = (state: CmdqState, error?: ConsumeResult["error"]): ConsumeResult => ({
-      consumed,
-      state,
-      waitingOn: this.cmdqWaiting ? [...this.atcOutstanding.keys()] : [],
-      atcIssued,
-      resolved,
-      ...(error ? { error } : {}),
-    });
-    if (!this.cmdqEnabled) return done("disabled");
-    if (this.gerrorActive("CMDQ_ERR")) return done("error");
+    const run: ConsumeRun = { consumed: 0, atcIssued: [], resolved: [] };
+    if (!this.cmdqEnabled) return this.consumeResult(run, "disabled");
+    if (this.gerrorActive("CMDQ_ERR")) return this.consumeResult(run, "error");
     // A port callback (an in-process device acknowledging an ATC invalidation,
     // a driver writing CMDQ_PROD) may call back in: the running loop picks up
     // whatever changed, so a nested call only reports the current state.
-    if (this.consuming) return done(this.cmdqWaiting ? "wait-sync" : "idle");
+    if (this.consuming) return this.consumeResult(run, this.cmdqWaiting ? "wait-sync" : "idle");
     this.consuming = true;
     try {
-      return this.consumeLoop(atcIssued, resolved, done, () => consumed++);
+      return this.consumeLoop(run);
     } finally {
       this.consuming = false;
     }
   }
 
-  private consumeLoop(
-    atcIssued: AtcInvalidateRequest[],
-    resolved: StallResolution[],
-    done: (s: CmdqState, e?: ConsumeResult["error"]) => ConsumeResult,
-    count: () => void,
-  ): ConsumeResult {
+  private consumeResult(run: ConsumeRun, state: CmdqState, error?: ConsumeResult["error"]): ConsumeResult {
+    const { consumed, atcIssued, resolved } = run;
+    const waitingOn = this.cmdqWaiting ? [...this.atcOutstanding.keys()] : [];
+    return error ? { consumed, state, waitingOn, atcIssued, resolved, error } : { consumed, state, waitingOn, atcIssued, resolved };
+  }
+
+  private consumeLoop(run: ConsumeRun): ConsumeResult {
     const g = queueGeometry(this.cmdqBase, 16, this.features.cmdqs);
     this.cmdqWaiting = false;
     while (!qEmpty(this.cmdqProd, this.cmdqCons, g.log2size)) {
       const entry = qReadEntry(this.mem, g, this.cmdqCons);
-      if (!entry.ok) return this.cmdqError(CERROR.ABT, 0, "command fetch abort", done);
+      if (!entry.ok) return this.cmdqError(run, CERROR.ABT, 0, "command fetch abort");
       const words = entry.value;
       const opcode = commandOpcode(words);
       const dec = decodeCommand(words, this.features);
-      if (!dec.ok) return this.cmdqError(CERROR.ILL, opcode, dec.reason, done);
+      if (!dec.ok) return this.cmdqError(run, CERROR.ILL, opcode, dec.reason);
       const c = dec.cmd;
       if (c.name === "SYNC") {
         // SYNC completes once every earlier ATC invalidation is acknowledged.
         if (this.atcOutstanding.size > 0) {
           this.cmdqWaiting = true;
-          return done("wait-sync");
+          return this.consumeResult(run, "wait-sync");
         }
         if (this.atcFailed) {
           this.atcFailed = false;
-          return this.cmdqError(CERROR.ATC_INV_SYNC, opcode, "ATC invalidation completion timeout", done);
+          return this.cmdqError(run, CERROR.ATC_INV_SYNC, opcode, "ATC invalidation completion timeout");
         }
       }
       this.countCommand(opcode);
@@ -1024,14 +1022,14 @@ export class SmmuV3 {
       this.cmdSeq++;
       // The command is consumed (CONS moves past it) before its effects reach the ports.
       this.cmdqCons = this.advanceCons(g.log2size);
-      count();
-      this.execute(c, atcIssued, resolved);
+      run.consumed++;
+      this.execute(c, run.atcIssued, run.resolved);
       if (c.name === "SYNC") {
         this.counters.syncs++;
         this.completeSync(c);
       }
     }
-    return done("idle");
+    return this.consumeResult(run, "idle");
   }
 
   private advanceCons(log2size: number): number {
@@ -1045,18 +1043,13 @@ export class SmmuV3 {
     this.counters.commandsByOpcode[n] = (this.counters.commandsByOpcode[n] ?? 0) + 1;
   }
 
-  private cmdqError(
-    cerror: number,
-    opcode: number,
-    reason: string,
-    done: (s: CmdqState, e?: ConsumeResult["error"]) => ConsumeResult,
-  ): ConsumeResult {
+  private cmdqError(run: ConsumeRun, cerror: number, opcode: number, reason: string): ConsumeResult {
     this.counters.commandErrors++;
     const cons = [BigInt(this.cmdqCons >>> 0)];
     set(cons, CMDQ_CONS.ERR, cerror);
     this.cmdqCons = Number(cons[0]) >>> 0;
     this.raiseGerror("CMDQ_ERR");
-    return done("error", { cerror, opcode, reason });
+    return this.consumeResult(run, "error", { cerror, opcode, reason });
   }
 
   private completeSync(c: Extract<Command, { name: "SYNC" }>): void {

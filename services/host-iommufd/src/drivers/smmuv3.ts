@@ -507,7 +507,7 @@ class SmmuV3Driver implements SmmuV3HostDriver {
     const list: QueuedCmd[] = cmds.map((c, i) => {
       const words = isRawCmd(c) ? c : encodeCommand(c);
       const isAtc = commandOpcode(words) === CMD_OP.ATC_INV;
-      return { words, ...(isAtc && onAtcFail ? { atcFail: (e: unknown) => onAtcFail(i, e) } : {}) };
+      return isAtc && onAtcFail ? { words, atcFail: (e: unknown) => onAtcFail(i, e) } : { words };
     });
     const sync: QueuedCmd = { words: encodeCommand(CMD_SYNC_SEV) };
     list.push(sync);
@@ -681,21 +681,24 @@ class SmmuV3Driver implements SmmuV3HostDriver {
     return this.enqueue([this.atcInvCmd(m.sid, ssid, 0n, undefined)]);
   }
 
+  /** The whole of a domain's context: its ASID (stage 1) or VMID (stage 2). */
+  private tlbiContext(d: SmmuPagingDomainImpl): Command[] {
+    return d.stage === 1 ? [cmd.tlbi("TLBI_NH_ASID", { ASID: d.tag, VMID: 0 })] : [cmd.tlbi("TLBI_S12_VMALL", { VMID: d.tag })];
+  }
+
   /** TLBI for [iova, iova+size) of a domain (range commands with IDR3.RIL), or the whole context. */
   tlbiCmds(d: SmmuPagingDomainImpl, iova: bigint, size: bigint, leaf: boolean): Command[] {
-    const context = (): Command[] =>
-      d.stage === 1 ? [cmd.tlbi("TLBI_NH_ASID", { ASID: d.tag, VMID: 0 })] : [cmd.tlbi("TLBI_S12_VMALL", { VMID: d.tag })];
     const name = d.stage === 1 ? "TLBI_NH_VA" : "TLBI_S2_IPA";
     const ids = d.stage === 1 ? { ASID: d.tag, VMID: 0 } : { VMID: d.tag };
     const start = iova & ~0xfffn;
     const end = (iova + size + 0xfffn) & ~0xfffn;
     if (this.features.rangeInvalidation) {
       const ranges = armTlbiEncodeRange(start, end - start, 12);
-      if (ranges.length > MAX_TLBI_RANGE_CMDS || ranges.some((r) => r.scale > 31)) return context();
+      if (ranges.length > MAX_TLBI_RANGE_CMDS || ranges.some((r) => r.scale > 31)) return this.tlbiContext(d);
       return ranges.map((r) => cmd.tlbi(name, { ...ids, Addr: r.addr, Leaf: leaf, TG: r.tg, TTL: 0, NUM: r.num, SCALE: r.scale }));
     }
     const pages = (end - start) >> 12n;
-    if (pages > BigInt(MAX_TLBI_PAGES)) return context();
+    if (pages > BigInt(MAX_TLBI_PAGES)) return this.tlbiContext(d);
     const out: Command[] = [];
     for (let a = start; a < end; a += 0x1000n) out.push(cmd.tlbi(name, { ...ids, Addr: a, Leaf: leaf }));
     return out;
