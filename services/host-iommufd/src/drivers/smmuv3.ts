@@ -231,7 +231,7 @@ export interface SmmuV3HostDriver extends IommuDriver {
   /** The hardware model (tests and register dumps only; the core never touches it). */
   readonly smmu: SmmuV3;
   allocPaging(dev: PciDevice, flags: PagingFlags, hooks: { fault?: IopfSink }): SmmuV3PagingDomain;
-  /** Resolves when every command queued so far has completed (a CMD_SYNC). */
+  /** Resolves when every command queued so far has completed (the last CMD_SYNC queued: every batch ends in one). */
   flush(): Promise<void>;
 }
 
@@ -338,6 +338,7 @@ class SmmuV3Driver implements SmmuV3HostDriver {
   private hwSubmitted: number;
   private readonly backlog: QueuedCmd[] = [];
   private readonly syncWaiters: { cmd: QueuedCmd; resolve: () => void }[] = [];
+  private lastSync: Promise<void> = Promise.resolve();
   private readonly atcByPos = new Map<number, QueuedCmd>();
   private pumping = false;
   private pumpScheduled = false;
@@ -512,13 +513,19 @@ class SmmuV3Driver implements SmmuV3HostDriver {
     const sync: QueuedCmd = { words: encodeCommand(CMD_SYNC_SEV) };
     list.push(sync);
     const done = new Promise<void>((resolve) => this.syncWaiters.push({ cmd: sync, resolve }));
+    this.lastSync = done;
     this.backlog.push(...list);
     this.pump();
     return done;
   }
 
+  /**
+   * Settles once everything queued so far has completed. Every batch ends in
+   * a CMD_SYNC and the queue is in order, so that is the last batch's SYNC:
+   * no new command is needed.
+   */
   flush(): Promise<void> {
-    return this.enqueue([]);
+    return this.lastSync;
   }
 
   /** Commands published to the hardware queue and consumed by it (a linear count). */
