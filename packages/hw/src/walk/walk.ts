@@ -206,32 +206,8 @@ function makeCtx(
   opts: WalkOptions | undefined,
   s2ForTables?: StageConfig,
 ): Ctx {
-  const c = spare;
+  const c = spare ?? blankCtx(mem);
   spare = undefined;
-  if (c === undefined) {
-    return {
-      mem,
-      fast: typeof mem.read64Split === "function",
-      w: WORDS,
-      s2Plan: s2ForTables === undefined ? undefined : planOf(s2ForTables),
-      tablePurpose: new Purpose(2, "TT", 0, 0, "table"),
-      outputPurpose: new Purpose(2, "IN", 0, undefined, "output"),
-      input,
-      privileged: access.privileged,
-      record: opts?.recordReads === true,
-      reads: [],
-      nReads: 0,
-      visitor: opts?.visitor,
-      rOut: 0,
-      rLevel: 0,
-      rShift: 0,
-      rPerms: 0,
-      rLo: 0,
-      rHi: 0,
-      rDescAddr: 0,
-      rWnw: false,
-    };
-  }
   c.mem = mem;
   c.fast = typeof mem.read64Split === "function";
   c.s2Plan = s2ForTables === undefined ? undefined : planOf(s2ForTables);
@@ -241,6 +217,32 @@ function makeCtx(
   c.nReads = 0;
   c.visitor = opts?.visitor;
   return c;
+}
+
+/** A new context: makeCtx sets its per-translation fields. */
+function blankCtx(mem: PhysicalMemory): Ctx {
+  return {
+    mem,
+    fast: false,
+    w: WORDS,
+    s2Plan: undefined,
+    tablePurpose: new Purpose(2, "TT", 0, 0, "table"),
+    outputPurpose: new Purpose(2, "IN", 0, undefined, "output"),
+    input: 0n,
+    privileged: false,
+    record: false,
+    reads: [],
+    nReads: 0,
+    visitor: undefined,
+    rOut: 0,
+    rLevel: 0,
+    rShift: 0,
+    rPerms: 0,
+    rLo: 0,
+    rHi: 0,
+    rDescAddr: 0,
+    rWnw: false,
+  };
 }
 
 /** End of a translation: its context becomes the spare; the result passes through. */
