@@ -126,12 +126,11 @@ function timeNaive(name: string, s: Scenario, walks: number, nested: boolean): N
   const t = timeBatches(now, walks, Math.floor(walks / 5), 20, (from, count) => {
     for (let i = 0, j = from % n; i < count; i++, j = j + 1 === n ? 0 : j + 1) sink = one(nums[j] as number);
   });
-  const walked = Math.floor(walks / 5) + Math.max(1, Math.floor(walks / 20)) * 20;
   if (sink < 0) throw new Error(`naive ${name}: walk failed`);
   // Check the baseline does the same job: its output equals the real walker's.
   const ref = translate(s.mem, s.cfg, s.addrs[0] as bigint, READ);
   if (!ref.ok || ref.output !== BigInt(one(nums[0] as number))) throw new Error(`naive ${name}: output differs from the walker's`);
-  return { name, nsPerOp: t.min, readsPerWalk: (s.mem.stats.reads - reads0) / walked };
+  return { name, nsPerOp: t.min, readsPerWalk: (s.mem.stats.reads - reads0) / t.ran };
 }
 
 // ---- IOTLB working set ------------------------------------------------------

@@ -112,10 +112,16 @@ export function singleBenchScenario(vendor: "arm" | "vtd", pages: number): Bench
 /**
  * Run `body(from, count)` over `ops` operations in `batches` timed batches
  * after a warm-up of `warm` operations; ns per operation of the fastest and
- * of the median batch. On a shared machine interference only adds time, so
+ * of the median batch, and how many operations ran in all. On a shared machine interference only adds time, so
  * the fastest batch is the cost of the code; the median shows the spread.
  */
-export function timeBatches(now: () => number, ops: number, warm: number, batches: number, body: (from: number, count: number) => void): { min: number; median: number } {
+export function timeBatches(
+  now: () => number,
+  ops: number,
+  warm: number,
+  batches: number,
+  body: (from: number, count: number) => void,
+): { min: number; median: number; ran: number } {
   body(0, warm);
   const per = Math.max(1, Math.floor(ops / batches));
   const ns: number[] = [];
@@ -125,7 +131,8 @@ export function timeBatches(now: () => number, ops: number, warm: number, batche
     ns.push(((now() - t0) * 1e6) / per);
   }
   ns.sort((x, y) => x - y);
-  return { min: ns[0] as number, median: ns[Math.floor(ns.length / 2)] as number };
+  // ran: every operation body did, warm-up included (per-operation counters divide by it).
+  return { min: ns[0] as number, median: ns[Math.floor(ns.length / 2)] as number, ran: warm + per * batches };
 }
 
 function timeWalks(name: string, s: Scenario, o: Required<HwBenchOptions>, now: () => number): HwBenchRow {
@@ -136,9 +143,8 @@ function timeWalks(name: string, s: Scenario, o: Required<HwBenchOptions>, now: 
   };
   const reads0 = s.mem.stats.reads;
   const t = timeBatches(now, o.walks, Math.floor(o.walks * o.warmup), o.batches, walk);
-  const walked = Math.floor(o.walks * o.warmup) + Math.max(1, Math.floor(o.walks / o.batches)) * o.batches;
   if (sink !== undefined && !sink.ok) throw new Error(`bench walk faulted: ${sink.kind}`);
-  return { name, nsPerOp: t.min, nsMedian: t.median, readsPerWalk: (s.mem.stats.reads - reads0) / walked, ops: o.walks };
+  return { name, nsPerOp: t.min, nsMedian: t.median, readsPerWalk: (s.mem.stats.reads - reads0) / t.ran, ops: o.walks };
 }
 
 /**
